@@ -1,0 +1,1 @@
+"""FHIR helpers shared by every package: interaction codes, errors, resource constants."""

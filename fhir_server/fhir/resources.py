@@ -1,0 +1,13 @@
+"""The resource types this server stores, and which of them the API may write."""
+
+PATIENT = "Patient"
+DOCUMENT_REFERENCE = "DocumentReference"
+CONSENT = "Consent"
+BINARY = "Binary"
+AUDIT_EVENT = "AuditEvent"
+
+SUPPORTED_TYPES: tuple[str, ...] = (PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY, AUDIT_EVENT)
+"""Every type with a collection, a CapabilityStatement entry and routes."""
+
+CLIENT_WRITABLE_TYPES: frozenset[str] = frozenset({PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY})
+"""AuditEvent is written by the server only (append-only through the API: 405)."""

@@ -1,0 +1,172 @@
+"""Resource <-> stored MongoDB document (DESIGN §4).
+
+One collection per resource type holds the current version; `<Type>_history` holds every version.
+A stored document (current and history alike):
+
+    _id    resource id (history: "<id>/<vid>")
+    rid    resource id (history documents only)
+    vid    version id, an int starting at 1
+    lu     last updated, a UTC datetime (millisecond precision, as BSON keeps it)
+    del    True for the tombstone version written by a delete
+    res    the resource JSON (meta.versionId / meta.lastUpdated filled in); None when deleted
+    idx    search index values extracted at write time, keyed by SearchParameter code
+           (search/registry.py): token -> ["code", "system|code", "system|", "|code"...],
+           string -> folded strings, date -> [{"lo": datetime, "hi": datetime}],
+           reference -> ["Type/id", absolute URLs...], uri -> strings
+    pat    patient compartment: ids of the patients this resource belongs to
+    sec    security labels (meta.security, and DocumentReference.securityLabel): "system|code" and "code"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+ID = "_id"
+RESOURCE_ID = "rid"
+VERSION = "vid"
+LAST_UPDATED = "lu"
+DELETED = "del"
+RESOURCE = "res"
+INDEX = "idx"
+COMPARTMENT = "pat"
+SECURITY = "sec"
+
+
+def history_collection(resource_type: str) -> str:
+    return f"{resource_type}_history"
+
+
+def now_utc() -> datetime:
+    """Now, truncated to the millisecond precision BSON dates keep, so reads equal writes."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def instant(value: datetime) -> str:
+    """FHIR instant text of a stored datetime."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def label_keys(codings: Iterable[Mapping[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for coding in codings:
+        code = coding.get("code")
+        if not code:
+            continue
+        system = coding.get("system")
+        keys.append(code)
+        keys.append(f"{system}|{code}" if system else f"|{code}")
+    return sorted(set(keys))
+
+
+def security_labels(resource: Mapping[str, Any]) -> list[str]:
+    codings = list((resource.get("meta") or {}).get("security") or [])
+    if resource.get("resourceType") == "DocumentReference":
+        for concept in resource.get("securityLabel") or []:
+            codings.extend(concept.get("coding") or [])
+    return label_keys(codings)
+
+
+def reference_id(reference: Any, resource_type: str) -> str | None:
+    """The id in a `Type/id` (or absolute .../Type/id) reference to `resource_type`, else None."""
+    if not isinstance(reference, Mapping):
+        return None
+    text = reference.get("reference")
+    if not isinstance(text, str):
+        return None
+    parts = text.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type and parts[-1]:
+        return parts[-1]
+    return None
+
+
+def compartment(resource: Mapping[str, Any]) -> list[str]:
+    """Patient ids whose compartment holds this resource."""
+    resource_type = resource.get("resourceType")
+    ids: list[str | None] = []
+    if resource_type == "Patient":
+        ids.append(resource.get("id"))
+    elif resource_type == "DocumentReference":
+        ids.append(reference_id(resource.get("subject"), "Patient"))
+    elif resource_type == "Consent":
+        ids.append(reference_id(resource.get("patient"), "Patient"))
+    elif resource_type == "Binary":
+        ids.append(reference_id(resource.get("securityContext"), "Patient"))
+    elif resource_type == "List":
+        ids.append(reference_id(resource.get("subject"), "Patient"))
+    elif resource_type == "AuditEvent":
+        for entity in resource.get("entity") or []:
+            ids.append(reference_id(entity.get("what"), "Patient"))
+        for agent in resource.get("agent") or []:
+            ids.append(reference_id(agent.get("who"), "Patient"))
+    return sorted({item for item in ids if item})
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource as read from storage."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    resource: dict[str, Any] | None
+    compartment: tuple[str, ...]
+    security: tuple[str, ...]
+    index: Mapping[str, Any]
+
+    @classmethod
+    def from_document(cls, resource_type: str, document: Mapping[str, Any]) -> StoredResource:
+        return cls(
+            resource_type=resource_type,
+            id=document.get(RESOURCE_ID) or document[ID],
+            version=document[VERSION],
+            last_updated=document[LAST_UPDATED],
+            deleted=bool(document.get(DELETED)),
+            resource=document.get(RESOURCE),
+            compartment=tuple(document.get(COMPARTMENT) or ()),
+            security=tuple(document.get(SECURITY) or ()),
+            index=document.get(INDEX) or {},
+        )
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
+
+
+def to_document(
+    resource: dict[str, Any],
+    *,
+    version: int,
+    last_updated: datetime,
+    index: Mapping[str, Any],
+    deleted: bool = False,
+) -> dict[str, Any]:
+    """The current-version document; `resource` already carries id and meta."""
+    return {
+        ID: resource["id"],
+        VERSION: version,
+        LAST_UPDATED: last_updated,
+        DELETED: deleted,
+        RESOURCE: None if deleted else resource,
+        INDEX: {} if deleted else dict(index),
+        COMPARTMENT: compartment(resource),
+        SECURITY: security_labels(resource),
+    }
+
+
+def to_history_document(current: Mapping[str, Any]) -> dict[str, Any]:
+    document = dict(current)
+    document[RESOURCE_ID] = current[ID]
+    document[ID] = f"{current[ID]}/{current[VERSION]}"
+    return document
