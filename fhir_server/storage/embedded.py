@@ -63,8 +63,9 @@ class EmbeddedDatabase:
                     f"embedded database exited with code {self.process.returncode}; "
                     f"see {self.storage_path / 'secantus.log'}"
                 )
-            with contextlib.suppress(PyMongoError), MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
-                client.admin.command("ping")
+            with contextlib.suppress(PyMongoError):
+                with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
+                    client.admin.command("ping")
                 return
             time.sleep(0.1)
         self.stop()

@@ -2,11 +2,13 @@
 
 A guard is pure: `query_filter` is ANDed into every MongoDB query on a clinical collection, and
 `decide` re-checks every stored version before it leaves storage (DESIGN I4, defence in depth).
+Guards are obtained from a `GuardProvider`, which loads what the policy needs (the Consents of the
+patients concerned) so that the decision itself stays free of I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from fhir_server.consent.model import Decision
@@ -24,3 +26,20 @@ class AccessGuard(Protocol):
     def decide(self, stored: StoredResource) -> Decision:
         """The decision for one stored version (deleted versions included)."""
         ...
+
+
+class GuardProvider(Protocol):
+    async def guard(self, resource_type: str, *, patients: Sequence[str] | None) -> AccessGuard:
+        """A guard for data of these patients' compartments; `None` means any patient (unanchored)."""
+        ...
+
+
+def guarded_filter(guard: AccessGuard, resource_type: str, query: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`query` AND the guard's filter; a guard that permits nothing yields a filter matching nothing."""
+    access = guard.query_filter(resource_type)
+    if access is None:
+        return NOTHING
+    parts = [part for part in (query, access) if part]
+    if not parts:
+        return {}
+    return parts[0] if len(parts) == 1 else {"$and": parts}

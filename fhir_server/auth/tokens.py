@@ -1,0 +1,97 @@
+"""Bearer JWT verification against a JWKS, with an algorithm allow-list (DESIGN §7).
+
+`none`, HMAC and every algorithm outside RS256/ES256 are refused before any key is looked up.
+https://www.rfc-editor.org/rfc/rfc8725 (JWT best current practices)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from jwt import PyJWK, PyJWKSet
+
+from fhir_server.auth.devkeys import development_jwks
+from fhir_server.fhir.errors import unauthorized
+from fhir_server.settings import Settings
+
+ALLOWED_ALGORITHMS = ("RS256", "ES256")
+REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "client_id", "jti")
+LEEWAY_SECONDS = 30
+
+
+def load_jwks(settings: Settings) -> dict[str, Any]:
+    """The configured JWKS (file path or https URL), or the development key's public half."""
+    source = settings.auth_jwks
+    if source is None:
+        return development_jwks(settings.data_dir)
+    if source.startswith("https://") or source.startswith("http://"):
+        response = httpx.get(source, timeout=10.0)
+        response.raise_for_status()
+        return dict(response.json())
+    return dict(json.loads(Path(source).read_text(encoding="utf-8")))
+
+
+class TokenVerifier:
+    def __init__(self, jwks: Mapping[str, Any], *, audience: str, issuer: str | None = None) -> None:
+        usable = {"keys": [key for key in jwks.get("keys", []) if key.get("kty") in ("RSA", "EC")]}
+        self._keys = PyJWKSet.from_dict(usable).keys if usable["keys"] else []
+        self._audience = audience
+        self._issuer = issuer
+
+    def _key_for(self, header: Mapping[str, Any]) -> PyJWK:
+        kid = header.get("kid")
+        candidates = [key for key in self._keys if kid is None or key.key_id == kid]
+        if not candidates:
+            raise unauthorized("The token is signed with an unknown key")
+        return candidates[0]
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The verified claims; any failure is a 401 FhirError carrying WWW-Authenticate."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise unauthorized("The bearer token is malformed") from error
+        algorithm = header.get("alg")
+        if algorithm not in ALLOWED_ALGORITHMS:
+            raise unauthorized(f"Token algorithm {algorithm!r} is not accepted (allowed: RS256, ES256)")
+        key = self._key_for(header)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": list(REQUIRED_CLAIMS), "verify_iss": self._issuer is not None},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise unauthorized("The bearer token has expired") from error
+        except jwt.InvalidAudienceError as error:
+            raise unauthorized("The bearer token is not addressed to this server") from error
+        except jwt.InvalidIssuerError as error:
+            raise unauthorized("The bearer token comes from an untrusted issuer") from error
+        except jwt.MissingRequiredClaimError as error:
+            raise unauthorized(f"The bearer token lacks the {error.claim!r} claim") from error
+        except jwt.PyJWTError as error:
+            raise unauthorized("The bearer token signature or claims are invalid") from error
+        if not isinstance(claims.get("scope"), str):
+            raise unauthorized("The bearer token carries no scope")
+        return claims
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise unauthorized("No bearer token: send Authorization: Bearer <token>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("The Authorization header must use the Bearer scheme")
+    return token.strip()
+
+
+__all__ = ["ALLOWED_ALGORITHMS", "TokenVerifier", "bearer_token", "load_jwks"]

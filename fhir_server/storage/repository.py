@@ -1,0 +1,246 @@
+"""The guarded async repository: versioned writes in transactions, reads only through a guard.
+
+Every read of a clinical collection takes an `AccessGuard` (or a `GuardProvider` when the patient is
+only known once the document is found): DESIGN I1. Each write stores the new current document and
+its history entry in one MongoDB transaction, together with whatever else the caller writes in the
+same session (the AuditEvent of DESIGN I2).
+https://hl7.org/fhir/R4/http.html
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
+from fhir_server.storage import documents as doc
+from fhir_server.storage.documents import StoredResource
+from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
+
+IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+T = TypeVar("T")
+
+TRANSACTION_ATTEMPTS = 5
+LIVE: Mapping[str, Any] = {doc.DELETED: False}
+
+
+class Repository:
+    def __init__(self, client: AsyncMongoClient, database: AsyncDatabase, *, extract: IndexExtractor) -> None:
+        self.client = client
+        self.database = database
+        self._extract = extract
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncClientSession]:
+        async with self.client.start_session() as session:
+            yield session
+
+    async def in_transaction(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """Run `work` in one multi-document transaction, retried on transient conflicts."""
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            async with self._session() as session:
+                try:
+                    await session.start_transaction()
+                    result = await work(session)
+                    await session.commit_transaction()
+                    return result
+                except PyMongoError as error:
+                    if session.in_transaction:
+                        await session.abort_transaction()
+                    transient = error.has_error_label("TransientTransactionError") or error.has_error_label(
+                        "UnknownTransactionCommitResult"
+                    )
+                    if transient and attempt + 1 < TRANSACTION_ATTEMPTS:
+                        await asyncio.sleep(0.005 * (attempt + 1))
+                        continue
+                    if isinstance(error, DuplicateKeyError):
+                        raise conflict("A concurrent write created the same resource; retry") from error
+                    if transient or _is_write_conflict(error):
+                        raise conflict("A concurrent write changed this resource; retry") from error
+                    raise unavailable("The database is unavailable") from error
+                except BaseException:
+                    if session.in_transaction:
+                        await session.abort_transaction()
+                    raise
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    # -- writes (inside a transaction) ----------------------------------------------------------
+
+    async def current_for_write(
+        self, resource_type: str, resource_id: str, *, session: AsyncClientSession
+    ) -> StoredResource | None:
+        """The current version (tombstones included) for a write about to replace it.
+
+        Callers decide access on it before writing: it never leaves the server as a response body
+        without a decision.
+        """
+        found = await self.database[resource_type].find_one({doc.ID: resource_id}, session=session)
+        return None if found is None else StoredResource.from_document(resource_type, found)
+
+    async def save(
+        self,
+        resource_type: str,
+        resource: dict[str, Any],
+        *,
+        previous: StoredResource | None,
+        now: datetime,
+        session: AsyncClientSession,
+        deleted: bool = False,
+    ) -> StoredResource:
+        """Write the next version of `resource` (create when `previous` is None) and its history entry."""
+        version = 1 if previous is None else previous.version + 1
+        body = dict(resource)
+        meta = dict(body.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = doc.instant(now)
+        body["meta"] = meta
+        index = {} if deleted else self._extract(body)
+        current = doc.to_document(body, version=version, last_updated=now, index=index, deleted=deleted)
+        collection = self.database[resource_type]
+        if previous is None:
+            await collection.insert_one(current, session=session)
+        else:
+            replaced = await collection.replace_one(
+                {doc.ID: previous.id, doc.VERSION: previous.version}, current, session=session
+            )
+            if replaced.matched_count != 1:
+                raise conflict(f"{resource_type}/{previous.id} was changed by a concurrent write; retry")
+        await self.database[doc.history_collection(resource_type)].insert_one(
+            doc.to_history_document(current), session=session
+        )
+        return StoredResource.from_document(resource_type, current)
+
+    # -- guarded reads ------------------------------------------------------------------------
+
+    async def read(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        access: GuardProvider,
+        version: int | None = None,
+        session: AsyncClientSession | None = None,
+    ) -> StoredResource:
+        """The current (or given) version if the guard permits it: 404 when unknown or hidden, 410 deleted."""
+        if version is None:
+            found = await self.database[resource_type].find_one({doc.ID: resource_id}, session=session)
+        else:
+            found = await self.database[doc.history_collection(resource_type)].find_one(
+                {doc.ID: f"{resource_id}/{version}"}, session=session
+            )
+        if found is None:
+            raise not_found(resource_type, resource_id)
+        stored = StoredResource.from_document(resource_type, found)
+        guard = await access.guard(resource_type, patients=stored.compartment)
+        if not guard.decide(stored).permit:
+            raise not_found(resource_type, resource_id)
+        if stored.deleted and version is None:
+            raise gone(resource_type, resource_id)
+        return stored
+
+    async def find(
+        self,
+        resource_type: str,
+        query: Mapping[str, Any],
+        *,
+        guard: AccessGuard,
+        sort: Sequence[tuple[str, int]] = (),
+        limit: int = 0,
+        session: AsyncClientSession | None = None,
+    ) -> list[StoredResource]:
+        """Live current versions matching `query` AND the guard's filter, each re-checked by `decide`."""
+        criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
+        cursor = self.database[resource_type].find(
+            criteria, sort=list(sort) or None, limit=limit, session=session
+        )
+        found = [StoredResource.from_document(resource_type, item) async for item in cursor]
+        return [stored for stored in found if guard.decide(stored).permit]
+
+    async def find_ids(
+        self, resource_type: str, query: Mapping[str, Any], *, guard: AccessGuard
+    ) -> list[str]:
+        """Ids of permitted live resources matching `query` (chained parameters, `_has`)."""
+        criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
+        cursor = self.database[resource_type].find(criteria)
+        found = [StoredResource.from_document(resource_type, item) async for item in cursor]
+        return [stored.id for stored in found if guard.decide(stored).permit]
+
+    async def count(self, resource_type: str, query: Mapping[str, Any], *, guard: AccessGuard) -> int:
+        criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
+        return int(await self.database[resource_type].count_documents(criteria))
+
+    async def history(
+        self,
+        resource_type: str,
+        *,
+        guard: AccessGuard,
+        resource_id: str | None = None,
+        since: datetime | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 0,
+    ) -> list[StoredResource]:
+        """Versions newest first (keyset on (lu, _id)), each version decided on its own."""
+        conditions: list[Mapping[str, Any]] = []
+        if resource_id is not None:
+            conditions.append({doc.RESOURCE_ID: resource_id})
+        if since is not None:
+            conditions.append({doc.LAST_UPDATED: {"$gte": since}})
+        if before is not None:
+            last_updated, key = before
+            conditions.append(
+                {
+                    "$or": [
+                        {doc.LAST_UPDATED: {"$lt": last_updated}},
+                        {doc.LAST_UPDATED: last_updated, doc.ID: {"$lt": key}},
+                    ]
+                }
+            )
+        query: Mapping[str, Any] = {"$and": conditions} if conditions else {}
+        criteria = guarded_filter(guard, resource_type, query)
+        cursor = self.database[doc.history_collection(resource_type)].find(
+            criteria, sort=[(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)], limit=limit
+        )
+        found = [StoredResource.from_document(resource_type, item) async for item in cursor]
+        return [stored for stored in found if guard.decide(stored).permit]
+
+    async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""
+        criteria = {"$and": [LIVE, query]} if query else LIVE
+        cursor = self.database[resource_type].find(criteria, projection={doc.RESOURCE: 1})
+        return [item[doc.RESOURCE] async for item in cursor]
+
+    # -- indexes ------------------------------------------------------------------------------
+
+    async def ensure_indexes(
+        self, resource_types: Sequence[str], index_keys: Callable[[str], list[list[tuple[str, int]]]]
+    ) -> None:
+        for resource_type in resource_types:
+            current = self.database[resource_type]
+            await current.create_index([(doc.COMPARTMENT, ASCENDING), (doc.LAST_UPDATED, DESCENDING)])
+            await current.create_index([(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)])
+            for keys in index_keys(resource_type):
+                await current.create_index(keys)
+            history = self.database[doc.history_collection(resource_type)]
+            await history.create_index([(doc.RESOURCE_ID, ASCENDING), (doc.VERSION, DESCENDING)])
+            await history.create_index([(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)])
+
+    async def ping(self) -> bool:
+        try:
+            await self.database.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+
+def _is_write_conflict(error: PyMongoError) -> bool:
+    return isinstance(error, OperationFailure) and error.code == 112
