@@ -135,6 +135,23 @@ class StoredResource:
             index=document.get(INDEX) or {},
         )
 
+    @classmethod
+    def prospective(
+        cls, resource_type: str, resource: dict[str, Any], *, version: int, now: datetime
+    ) -> StoredResource:
+        """A version about to be written, so that access can be decided before anything is stored."""
+        return cls(
+            resource_type=resource_type,
+            id=str(resource.get("id") or ""),
+            version=version,
+            last_updated=now,
+            deleted=False,
+            resource=resource,
+            compartment=tuple(compartment(resource)),
+            security=tuple(security_labels(resource)),
+            index={},
+        )
+
     @property
     def etag(self) -> str:
         return f'W/"{self.version}"'

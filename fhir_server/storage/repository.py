@@ -20,6 +20,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
+from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
 from fhir_server.storage import documents as doc
 from fhir_server.storage.documents import StoredResource
@@ -130,8 +131,12 @@ class Repository:
         access: GuardProvider,
         version: int | None = None,
         session: AsyncClientSession | None = None,
+        observe: Callable[[StoredResource, Decision], None] | None = None,
     ) -> StoredResource:
-        """The current (or given) version if the guard permits it: 404 when unknown or hidden, 410 deleted."""
+        """The current (or given) version if the guard permits it: 404 when unknown or hidden, 410 deleted.
+
+        `observe` sees every decision taken, refusals included, so that the AuditEvent can name it.
+        """
         if version is None:
             found = await self.database[resource_type].find_one({doc.ID: resource_id}, session=session)
         else:
@@ -142,7 +147,10 @@ class Repository:
             raise not_found(resource_type, resource_id)
         stored = StoredResource.from_document(resource_type, found)
         guard = await access.guard(resource_type, patients=stored.compartment)
-        if not guard.decide(stored).permit:
+        decision = guard.decide(stored)
+        if observe is not None:
+            observe(stored, decision)
+        if not decision.permit:
             raise not_found(resource_type, resource_id)
         if stored.deleted and version is None:
             raise gone(resource_type, resource_id)
@@ -212,6 +220,13 @@ class Repository:
         )
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
         return [stored for stored in found if guard.decide(stored).permit]
+
+    async def compartment_of(self, resource_type: str, resource_id: str) -> tuple[str, ...] | None:
+        """The patient compartment of a resource (None when unknown): only to choose which consents apply."""
+        found = await self.database[resource_type].find_one(
+            {doc.ID: resource_id}, projection={doc.COMPARTMENT: 1}
+        )
+        return None if found is None else tuple(found.get(doc.COMPARTMENT) or ())
 
     async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""

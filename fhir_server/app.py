@@ -1,0 +1,123 @@
+"""The ASGI application: `create_app(settings)` wires routes and a lifespan that owns the database.
+
+The AsyncMongoClient belongs to one event loop, so it is created in the lifespan, never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from pymongo import AsyncMongoClient
+from starlette.responses import JSONResponse, Response
+
+from fhir_server.api import errors, routes
+from fhir_server.audit.sink import MongoAuditSink
+from fhir_server.auth.tokens import TokenVerifier, load_jwks
+from fhir_server.fhir.resources import SUPPORTED_TYPES
+from fhir_server.interactions.access import AccessControl
+from fhir_server.interactions.services import Services
+from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
+from fhir_server.storage.embedded import EmbeddedDatabase
+from fhir_server.storage.repository import Repository
+
+log = logging.getLogger("fhir_server")
+
+
+def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> FastAPI:
+    base_url = settings.resolved_base_url(host, port)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: EmbeddedDatabase | None = None
+        uri = settings.mongodb_uri
+        if uri is None:
+            embedded = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
+            uri = embedded.uri
+            log.info("embedded database listening on %s", uri)
+        client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True)
+        try:
+            database = client[settings.database]
+            registry = SearchRegistry.load()
+            repository = Repository(client, database, extract=registry.extract)
+            await repository.ensure_indexes(SUPPORTED_TYPES, registry.index_keys)
+            audit = MongoAuditSink(database, extract=registry.extract)
+            await audit.ensure_indexes()
+            verifier = TokenVerifier(
+                load_jwks(settings),
+                audience=settings.auth_audience or base_url,
+                issuer=settings.auth_issuer,
+            )
+            app.state.services = Services(
+                settings=settings,
+                base_url=base_url,
+                repository=repository,
+                registry=registry,
+                verifier=verifier,
+                audit=audit,
+                access=AccessControl(repository, settings),
+            )
+            yield
+        finally:
+            await client.close()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(
+        title="fhir-server",
+        summary="FHIR R4 with consent on every access and an IHE BALP audit trail",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    errors.install(app)
+    routes.install(app)
+
+    @app.get("/health", include_in_schema=False)
+    async def health(request: Request) -> Response:
+        services: Services = request.app.state.services
+        reachable = await services.repository.ping()
+        return JSONResponse(
+            {"status": "pass" if reachable else "fail", "database": "up" if reachable else "down"},
+            status_code=200 if reachable else 503,
+        )
+
+    async def smart_configuration(request: Request) -> Response:
+        services: Services = request.app.state.services
+        return JSONResponse(smart_configuration_document(services.base_url))
+
+    app.add_api_route("/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
+    app.add_api_route("/fhir/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
+    return app
+
+
+def smart_configuration_document(base_url: str) -> dict[str, object]:
+    """SMART App Launch v2 discovery. Tokens are issued by an external authorization server (or the
+    development CLI), so only the resource-server facts are stated."""
+    return {
+        "issuer": base_url,
+        "capabilities": [
+            "permission-v1",
+            "permission-v2",
+            "permission-patient",
+            "permission-user",
+            "client-confidential-asymmetric",
+        ],
+        "scopes_supported": [
+            "patient/*.cruds",
+            "user/*.cruds",
+            "system/*.cruds",
+            "patient/Patient.rs",
+            "patient/DocumentReference.rs",
+            "patient/Consent.cruds",
+            "patient/AuditEvent.rs",
+            "user/AuditEvent.rs",
+            "fhirUser",
+        ],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "grant_types_supported": ["client_credentials", "authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
+    }

@@ -1,0 +1,131 @@
+"""`fhir-server serve|token|audit` — the command line of DESIGN §6."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fhir_server.settings import Settings
+
+PROFESSION_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
+PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+
+def _coding(text: str, default_system: str) -> dict[str, str]:
+    system, separator, code = text.rpartition("|")
+    return {"system": system if separator else default_system, "code": code}
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fhir_server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(Settings(), host=args.host, port=args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=True)
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    from fhir_server.auth.devkeys import mint_token
+
+    settings = Settings()
+    if settings.auth_jwks is not None:
+        print("fhir-server token signs with the development key; FHIR_AUTH_JWKS is set, so the server would refuse it.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    iua: dict[str, Any] = {}
+    if args.name:
+        iua["subject_name"] = args.name
+    if args.role:
+        iua["subject_role"] = [_coding(role, PROFESSION_SYSTEM) for role in args.role]
+    if args.purpose:
+        iua["purpose_of_use"] = [_coding(purpose, PURPOSE_SYSTEM) for purpose in args.purpose]
+    if args.organization:
+        iua["subject_organization"] = args.organization
+    if args.organization_id:
+        iua["subject_organization_id"] = args.organization_id
+    if args.npi:
+        iua["national_provider_identifier"] = args.npi
+    if args.person_id:
+        iua["person_id"] = args.person_id
+    audience = args.audience or settings.auth_audience or settings.resolved_base_url("127.0.0.1", 8080)
+    print(
+        mint_token(
+            settings.data_dir,
+            audience=audience,
+            subject=args.sub,
+            scopes=args.scope or ["user/*.cruds"],
+            client_id=args.client_id,
+            issuer=settings.auth_issuer,
+            fhir_user=args.fhir_user,
+            patient=args.patient,
+            iua=iua or None,
+            lifetime_seconds=args.lifetime,
+        )
+    )
+    return 0
+
+
+def audit_verify(args: argparse.Namespace) -> int:
+    from fhir_server.audit.verify import run_verify
+
+    settings = Settings()
+    uri = args.uri or settings.mongodb_uri
+    if uri is None:
+        from fhir_server.storage.embedded import EmbeddedDatabase
+
+        with EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db") as database:
+            return run_verify(database.uri, settings.database)
+    return run_verify(uri, settings.database)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="start the FHIR server")
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=8080)
+    serve_parser.set_defaults(run=serve)
+
+    token_parser = commands.add_parser("token", help="mint a development access token")
+    token_parser.add_argument("--sub", required=True, help="subject (user or client id)")
+    token_parser.add_argument(
+        "--scope", action="append", help="SMART scope, repeatable (default user/*.cruds)"
+    )
+    token_parser.add_argument("--client-id", default="fhir-server-cli")
+    token_parser.add_argument("--fhir-user", help="e.g. Practitioner/123 or Patient/abc")
+    token_parser.add_argument("--patient", help="patient id in context (patient/ scopes)")
+    token_parser.add_argument("--name", help="ihe_iua.subject_name")
+    token_parser.add_argument("--role", action="append", help="profession code or system|code, repeatable")
+    token_parser.add_argument("--purpose", action="append", help="purpose of use (TREAT, BTG...), repeatable")
+    token_parser.add_argument("--organization", help="ihe_iua.subject_organization")
+    token_parser.add_argument("--organization-id", help="ihe_iua.subject_organization_id")
+    token_parser.add_argument("--npi", help="ihe_iua.national_provider_identifier (IDNPS)")
+    token_parser.add_argument("--person-id", help="ihe_iua.person_id (the patient's INS)")
+    token_parser.add_argument("--audience", help="aud claim (default: FHIR_AUTH_AUDIENCE or the base URL)")
+    token_parser.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    token_parser.set_defaults(run=token)
+
+    audit_parser = commands.add_parser("audit", help="audit trail tools")
+    audit_commands = audit_parser.add_subparsers(dest="audit_command", required=True)
+    verify_parser = audit_commands.add_parser("verify", help="walk the AuditEvent hash chains")
+    verify_parser.add_argument(
+        "--uri", help="MongoDB URI (default FHIR_MONGODB_URI or the embedded database)"
+    )
+    verify_parser.set_defaults(run=audit_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""FHIR create, update, patch and delete, plain and conditional.
+
+https://hl7.org/fhir/R4/http.html#create https://hl7.org/fhir/R4/http.html#update
+https://hl7.org/fhir/R4/http.html#patch https://hl7.org/fhir/R4/http.html#delete
+https://hl7.org/fhir/R4/http.html#cond-update
+
+Each write decides access twice: may the caller see the current version (else 404, existence is not
+revealed), and may it make this change (else 403). The new version, its history entry and the
+AuditEvent are committed in one transaction (pipeline.audited_write).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jsonpatch
+import orjson
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from fhir_server.fhir.errors import (
+    FhirError,
+    bad_request,
+    forbidden,
+    method_not_allowed,
+    not_found,
+    precondition_failed,
+)
+from fhir_server.fhir.interaction import Interaction
+from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES
+from fhir_server.interactions.context import InteractionContext
+from fhir_server.interactions.matching import find_matches
+from fhir_server.interactions.pipeline import audited_write
+from fhir_server.interactions.render import write_response
+from fhir_server.interactions.response import FhirResponse
+from fhir_server.interactions.services import Services
+from fhir_server.storage.documents import StoredResource
+from fhir_server.validation import parse_resource_json, validate_or_raise
+
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+JSON_PATCH = "application/json-patch+json"
+SERVER_OWNED_META = ("versionId", "lastUpdated")
+
+
+def check_id(resource_type: str, resource_id: str) -> None:
+    if not FHIR_ID.match(resource_id):
+        raise not_found(resource_type, resource_id)
+
+
+def _writable(ctx: InteractionContext) -> str:
+    resource_type = ctx.resource_type
+    if resource_type is None:
+        raise RuntimeError("writes need a type from the route")
+    if resource_type not in CLIENT_WRITABLE_TYPES:
+        raise method_not_allowed(
+            f"{resource_type} is written by the server only; {ctx.interaction} is refused"
+        )
+    return resource_type
+
+
+def _prepare(resource: dict[str, Any]) -> dict[str, Any]:
+    """Drop what the server owns (meta.versionId, meta.lastUpdated) from a client's resource."""
+    meta = {key: value for key, value in (resource.get("meta") or {}).items() if key not in SERVER_OWNED_META}
+    body = {key: value for key, value in resource.items() if key != "meta"}
+    if meta:
+        body["meta"] = meta
+    return body
+
+
+async def _ensure_may_write(
+    ctx: InteractionContext, services: Services, stored: StoredResource, *, interaction: Interaction
+) -> None:
+    guard = await services.access.provider(ctx, interaction=interaction).guard(
+        stored.resource_type, patients=stored.compartment
+    )
+    decision = guard.decide(stored)
+    ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
+    if not decision.permit:
+        raise forbidden(f"You may not {interaction} this {stored.resource_type} for this patient")
+
+
+async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> None:
+    """404 unless the caller could read the current version: a hidden resource is never revealed."""
+    guard = await services.access.provider(ctx, interaction=Interaction.READ).guard(
+        stored.resource_type, patients=stored.compartment
+    )
+    decision = guard.decide(stored)
+    ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
+    if not decision.permit:
+        raise not_found(stored.resource_type, stored.id)
+
+
+def _check_if_match(ctx: InteractionContext, current: StoredResource | None) -> None:
+    header = ctx.request.header("if-match")
+    if header is None:
+        return
+    expected = header.strip().removeprefix("W/").strip('"')
+    if current is None or current.deleted or str(current.version) != expected:
+        found = "none" if current is None or current.deleted else current.etag
+        raise precondition_failed(f"If-Match {header} does not match the current version ({found})")
+
+
+# -- create ---------------------------------------------------------------------------------------
+
+
+async def create(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+    resource_type = _writable(ctx)
+    resource = _prepare(validate_or_raise(parse_resource_json(body), expected_type=resource_type))
+    condition = ctx.request.header("if-none-exist")
+    if condition:
+        matches = await find_matches(ctx, services, resource_type, _query_pairs(condition))
+        if len(matches) > 1:
+            raise precondition_failed(f"If-None-Exist '{condition}' matches several resources")
+        if matches:
+            existing = matches[0]
+            ctx.audit.touch(existing.reference, patients=existing.compartment)
+            return write_response(ctx, existing, status=200)
+    resource["id"] = str(uuid.uuid4())
+    ctx.resource_id = resource["id"]
+    return await _store_new(ctx, services, resource_type, resource)
+
+
+async def _store_new(
+    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
+) -> FhirResponse:
+    await _ensure_may_write(
+        ctx,
+        services,
+        StoredResource.prospective(resource_type, resource, version=1, now=ctx.now),
+        interaction=Interaction.CREATE,
+    )
+
+    async def work(session: AsyncClientSession) -> tuple[StoredResource, int]:
+        previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
+        if previous is not None and not previous.deleted:
+            raise FhirError.of(409, "duplicate", f"{resource_type}/{resource['id']} already exists")
+        _check_if_match(ctx, previous)
+        stored = await services.repository.save(
+            resource_type, resource, previous=previous, now=ctx.now, session=session
+        )
+        ctx.audit.version_id = str(stored.version)
+        return stored, 201
+
+    stored = await audited_write(services, ctx, work)
+    return write_response(ctx, stored, status=201)
+
+
+# -- update ---------------------------------------------------------------------------------------
+
+
+async def update(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+    resource_type = _writable(ctx)
+    resource = _prepare(validate_or_raise(parse_resource_json(body), expected_type=resource_type))
+    if ctx.resource_id is None:
+        return await _conditional_update(ctx, services, resource_type, resource)
+    check_id(resource_type, ctx.resource_id)
+    if resource.get("id") != ctx.resource_id:
+        raise bad_request(
+            f"The resource id ({resource.get('id')!r}) must equal the id in the URL ({ctx.resource_id!r})",
+            expression=(f"{resource_type}.id",),
+        )
+    return await _replace(ctx, services, resource_type, resource)
+
+
+async def _conditional_update(
+    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
+) -> FhirResponse:
+    matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+    if len(matches) > 1:
+        raise precondition_failed("The conditional update criteria match several resources")
+    if not matches:
+        resource.setdefault("id", str(uuid.uuid4()))
+        check_id(resource_type, resource["id"])
+        ctx.resource_id = resource["id"]
+        return await _store_new(ctx, services, resource_type, resource)
+    match = matches[0]
+    if resource.get("id") not in (None, match.id):
+        raise bad_request(
+            f"The resource id {resource.get('id')!r} differs from the matching resource",
+            expression=(f"{resource_type}.id",),
+        )
+    resource["id"] = match.id
+    ctx.resource_id = match.id
+    return await _replace(ctx, services, resource_type, resource)
+
+
+async def _replace(
+    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
+) -> FhirResponse:
+    async def work(session: AsyncClientSession) -> tuple[tuple[StoredResource, int], int]:
+        previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
+        if previous is not None:
+            await _ensure_may_see(ctx, services, previous)
+        _check_if_match(ctx, previous)
+        creating = previous is None or previous.deleted
+        version = 1 if previous is None else previous.version + 1
+        prospective = StoredResource.prospective(resource_type, resource, version=version, now=ctx.now)
+        if previous is not None and not previous.deleted:
+            await _ensure_may_write(ctx, services, previous, interaction=Interaction.UPDATE)
+        await _ensure_may_write(
+            ctx,
+            services,
+            prospective,
+            interaction=Interaction.CREATE if creating else Interaction.UPDATE,
+        )
+        stored = await services.repository.save(
+            resource_type, resource, previous=previous, now=ctx.now, session=session
+        )
+        ctx.audit.version_id = str(stored.version)
+        status = 201 if creating else 200
+        return (stored, status), status
+
+    stored, status = await audited_write(services, ctx, work)
+    return write_response(ctx, stored, status=status)
+
+
+# -- patch ----------------------------------------------------------------------------------------
+
+
+async def patch(
+    ctx: InteractionContext, services: Services, *, body: bytes, content_type: str | None
+) -> FhirResponse:
+    resource_type = _writable(ctx)
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != JSON_PATCH:
+        raise FhirError.of(
+            415, "not-supported", f"PATCH needs Content-Type {JSON_PATCH}, not {media or 'none'}"
+        )
+    operations = _parse_patch(body)
+    if ctx.resource_id is None:
+        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        if len(matches) != 1:
+            if not matches:
+                raise not_found(resource_type)
+            raise precondition_failed("The conditional patch criteria match several resources")
+        ctx.resource_id = matches[0].id
+    check_id(resource_type, ctx.resource_id)
+    resource_id = ctx.resource_id
+
+    async def work(session: AsyncClientSession) -> tuple[StoredResource, int]:
+        previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
+        if previous is None or previous.resource is None:
+            if previous is not None:
+                await _ensure_may_see(ctx, services, previous)
+            raise not_found(resource_type, resource_id)
+        await _ensure_may_see(ctx, services, previous)
+        _check_if_match(ctx, previous)
+        await _ensure_may_write(ctx, services, previous, interaction=Interaction.PATCH)
+        patched = _apply_patch(previous.resource, operations)
+        if patched.get("id") != resource_id or patched.get("resourceType") != resource_type:
+            raise FhirError.of(
+                422,
+                "processing",
+                "A patch may not change the resource id or type",
+                expression=(resource_type,),
+            )
+        patched = _prepare(validate_or_raise(patched, expected_type=resource_type))
+        prospective = StoredResource.prospective(
+            resource_type, patched, version=previous.version + 1, now=ctx.now
+        )
+        await _ensure_may_write(ctx, services, prospective, interaction=Interaction.PATCH)
+        stored = await services.repository.save(
+            resource_type, patched, previous=previous, now=ctx.now, session=session
+        )
+        ctx.audit.version_id = str(stored.version)
+        return stored, 200
+
+    stored = await audited_write(services, ctx, work)
+    return write_response(ctx, stored, status=200)
+
+
+def _parse_patch(body: bytes) -> list[dict[str, Any]]:
+    try:
+        operations = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise bad_request(f"The JSON Patch body is not valid JSON: {error}", code="structure") from error
+    if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        raise bad_request("A JSON Patch body is an array of operations", code="structure")
+    return operations
+
+
+def _apply_patch(resource: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        result = jsonpatch.JsonPatch(operations).apply(resource, in_place=False)
+    except jsonpatch.JsonPatchTestFailed as error:
+        raise FhirError.of(422, "processing", f"JSON Patch test failed: {error}") from error
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as error:
+        raise FhirError.of(422, "processing", f"The JSON Patch cannot be applied: {error}") from error
+    if not isinstance(result, dict):
+        raise FhirError.of(422, "processing", "The JSON Patch does not yield a resource")
+    return result
+
+
+# -- delete ---------------------------------------------------------------------------------------
+
+
+async def delete(ctx: InteractionContext, services: Services) -> FhirResponse:
+    resource_type = _writable(ctx)
+    if ctx.resource_id is None:
+        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        if not matches:
+            return FhirResponse(204)
+        if len(matches) > 1:
+            raise precondition_failed("The conditional delete criteria match several resources")
+        ctx.resource_id = matches[0].id
+    check_id(resource_type, ctx.resource_id)
+    resource_id = ctx.resource_id
+
+    async def work(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
+        if previous is None:
+            raise not_found(resource_type, resource_id)
+        await _ensure_may_see(ctx, services, previous)
+        if previous.deleted or previous.resource is None:
+            return None, 204
+        _check_if_match(ctx, previous)
+        await _ensure_may_write(ctx, services, previous, interaction=Interaction.DELETE)
+        stored = await services.repository.save(
+            resource_type, previous.resource, previous=previous, now=ctx.now, session=session, deleted=True
+        )
+        ctx.audit.version_id = str(stored.version)
+        return stored, 204
+
+    stored = await audited_write(services, ctx, work)
+    headers = {"ETag": stored.etag} if stored is not None else {}
+    return FhirResponse(204, None, headers)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    text = query.split("?", 1)[1] if "?" in query else query
+    pairs = parse_qsl(text, keep_blank_values=True)
+    if not pairs:
+        raise bad_request("A conditional request needs search criteria")
+    return pairs
+
+
+def _search_pairs(ctx: InteractionContext) -> Sequence[tuple[str, str]]:
+    return _query_pairs(ctx.request.target)
