@@ -18,6 +18,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q
@@ -28,10 +29,11 @@ integration: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest tests -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_rest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
