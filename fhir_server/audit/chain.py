@@ -149,6 +149,13 @@ class ChainVerifier:
         self._previous = record
         return self.finding
 
+    def flag(self, problem: Problem, seq: int | None, record_id: str | None, detail: str) -> Finding | None:
+        """Report a problem the caller found outside the chain fields (e.g. a malformed record)."""
+        if self.finding is not None:
+            return None
+        self.finding = self._found(problem, seq, record_id, detail)
+        return self.finding
+
     def finish(self) -> Finding | None:
         """The problem at the end of the chain, if none was found before: a head that disagrees."""
         if self.finding is not None:
