@@ -20,6 +20,7 @@ from fhir_server.fhir.errors import unauthorized
 from fhir_server.settings import Settings
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256")
+_KEY_TYPE_OF = {"RS256": "RSA", "ES256": "EC"}
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "client_id", "jti")
 LEEWAY_SECONDS = 30
 
@@ -45,7 +46,10 @@ class TokenVerifier:
 
     def _key_for(self, header: Mapping[str, Any]) -> PyJWK:
         kid = header.get("kid")
-        candidates = [key for key in self._keys if kid is None or key.key_id == kid]
+        key_type = _KEY_TYPE_OF[header["alg"]]
+        candidates = [
+            key for key in self._keys if (kid is None or key.key_id == kid) and key.key_type == key_type
+        ]
         if not candidates:
             raise unauthorized("The token is signed with an unknown key")
         return candidates[0]
@@ -78,7 +82,7 @@ class TokenVerifier:
             raise unauthorized("The bearer token comes from an untrusted issuer") from error
         except jwt.MissingRequiredClaimError as error:
             raise unauthorized(f"The bearer token lacks the {error.claim!r} claim") from error
-        except jwt.PyJWTError as error:
+        except (jwt.PyJWTError, TypeError, ValueError) as error:
             raise unauthorized("The bearer token signature or claims are invalid") from error
         if not isinstance(claims.get("scope"), str):
             raise unauthorized("The bearer token carries no scope")

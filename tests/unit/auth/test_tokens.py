@@ -1,0 +1,109 @@
+"""Bearer JWT verification (DESIGN §7: RS256/ES256 only, required claims, aud/iss/exp; RFC 8725)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from fhir_server.auth.devkeys import development_jwks, ensure_private_key, mint_token
+from fhir_server.auth.tokens import TokenVerifier, bearer_token
+from fhir_server.fhir.errors import FhirError
+
+AUDIENCE = "http://server/fhir"
+
+
+@pytest.fixture
+def verifier(tmp_path: Path) -> TokenVerifier:
+    return TokenVerifier(development_jwks(tmp_path), audience=AUDIENCE)
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": "idp",
+        "aud": AUDIENCE,
+        "sub": "u",
+        "client_id": "c",
+        "scope": "user/*.rs",
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j",
+    }
+    claims.update(overrides)
+    return {key: value for key, value in claims.items() if value is not None}
+
+
+def test_minted_token_verifies(tmp_path: Path, verifier: TokenVerifier) -> None:
+    token = mint_token(
+        tmp_path, audience=AUDIENCE, subject="dr", scopes=["user/*.rs"], fhir_user="Practitioner/1"
+    )
+    claims = verifier.verify(token)
+    assert claims["sub"] == "dr"
+    assert claims["fhirUser"] == "Practitioner/1"
+
+
+def _expect_401(verifier: TokenVerifier, token: str, fragment: str) -> None:
+    with pytest.raises(FhirError) as raised:
+        verifier.verify(token)
+    assert raised.value.status == 401
+    assert raised.value.headers["WWW-Authenticate"].startswith("Bearer")
+    assert fragment in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"aud": "http://other/fhir"}, "not addressed"),
+        ({"jti": None}, "jti"),
+        ({"client_id": None}, "client_id"),
+        ({"scope": None}, "scope"),
+    ],
+)
+def test_bad_claims_are_refused(
+    tmp_path: Path, verifier: TokenVerifier, overrides: dict[str, Any], fragment: str
+) -> None:
+    token = jwt.encode(
+        _claims(**overrides),
+        ensure_private_key(tmp_path),
+        algorithm="ES256",
+        headers={"kid": "fhir-server-dev"},
+    )
+    _expect_401(verifier, token, fragment)
+
+
+def test_hmac_and_none_are_refused(verifier: TokenVerifier) -> None:
+    _expect_401(
+        verifier, jwt.encode(_claims(), "secret-secret-secret-secret-32by", algorithm="HS256"), "HS256"
+    )
+    _expect_401(verifier, jwt.encode(_claims(), None, algorithm="none"), "none")
+
+
+def test_token_signed_by_another_key_is_refused(verifier: TokenVerifier) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode(_claims(), other, algorithm="ES256", headers={"kid": "fhir-server-dev"})
+    _expect_401(verifier, token, "invalid")
+
+
+def test_algorithm_that_does_not_fit_the_key_is_refused(verifier: TokenVerifier) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(_claims(), other, algorithm="RS256", headers={"kid": "fhir-server-dev"})
+    _expect_401(verifier, token, "unknown key")
+
+
+def test_issuer_is_checked_when_configured(tmp_path: Path) -> None:
+    verifier = TokenVerifier(development_jwks(tmp_path), audience=AUDIENCE, issuer="https://idp")
+    token = jwt.encode(_claims(iss="https://evil"), ensure_private_key(tmp_path), algorithm="ES256")
+    _expect_401(verifier, token, "untrusted issuer")
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer"])
+def test_missing_or_non_bearer_authorization_is_401(header: str | None) -> None:
+    with pytest.raises(FhirError) as raised:
+        bearer_token(header)
+    assert raised.value.status == 401
