@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from pymongo import ASCENDING, InsertOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from fhir_server.audit.chain import ChainLink, chain_key, link
 from fhir_server.fhir.resources import AUDIT_EVENT
@@ -106,6 +106,8 @@ def _contended(error: BaseException) -> bool:
     if isinstance(error, BulkWriteError):
         codes = [item.get("code") for item in error.details.get("writeErrors", [])]
         return bool(codes) and all(code == DUPLICATE_KEY for code in codes)
+    if isinstance(error, ConnectionFailure):
+        return False  # labelled transient in a transaction, but an unreachable store is not contention
     return isinstance(error, PyMongoError) and error.has_error_label(TRANSIENT_TRANSACTION_ERROR)
 
 
