@@ -20,9 +20,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 from fhir_server.fhir.errors import Issue
+from fhir_server.paths import PROFILES_DIR
 from fhir_server.validation.ins import is_valid_nir
-
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
 _REQUIRED_KEYWORDS = frozenset({"required", "minItems", "minContains"})
 _STRUCTURE_KEYWORDS = frozenset({"type"})

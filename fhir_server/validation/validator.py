@@ -116,7 +116,8 @@ def _bundle_issues(bundle: Mapping[str, Any]) -> list[Issue]:
     # The Bundle's own structure; each entry's resource is checked with its own type and profile.
     issues = structure_issues(bundle, nested_resources=False)
     bundle_type = bundle.get("type")
-    if isinstance(bundle_type, str) and bundle_type not in _BUNDLE_TYPES:
+    reported = {expression for issue in issues for expression in issue.expression}
+    if isinstance(bundle_type, str) and bundle_type not in _BUNDLE_TYPES and "Bundle.type" not in reported:
         issues.append(
             Issue("error", "value", "Only transaction and batch Bundles are accepted", ("Bundle.type",))
         )
@@ -179,8 +180,7 @@ def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int
         return issues
     resource_path = f"{path}.resource"
     if not isinstance(resource, dict):
-        issues.append(Issue("error", "structure", "A resource must be a JSON object", (resource_path,)))
-        return issues
+        return issues  # reported by the structure check of the Bundle
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in VALIDATED_TYPES - {BUNDLE}:
         issues.append(
