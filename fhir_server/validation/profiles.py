@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 from fhir_server.fhir.errors import Issue
 from fhir_server.paths import PROFILES_DIR
-from fhir_server.validation.ins import is_valid_nir
+from fhir_server.validation.ins import NIR_PATTERN, is_valid_nir
 
 _REQUIRED_KEYWORDS = frozenset({"required", "minItems", "minContains"})
 _STRUCTURE_KEYWORDS = frozenset({"type"})
@@ -34,7 +34,7 @@ def _format_checker() -> FormatChecker:
     @checker.checks("fr-nir-key")
     def _nir_key(value: object) -> bool:
         # The shape is a separate rule (pattern): only a well-formed NIR has a key to check.
-        return not isinstance(value, str) or len(value) != 15 or is_valid_nir(value)
+        return not isinstance(value, str) or not NIR_PATTERN.match(value) or is_valid_nir(value)
 
     return checker
 
