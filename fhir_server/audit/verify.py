@@ -94,7 +94,8 @@ def _check(verifier: ChainVerifier, document: Mapping[str, Any]) -> None:
     try:
         chain_link = ChainLink.from_document(document[CHAIN_FIELD])
     except ValueError as error:
-        verifier.flag(Problem.MODIFIED, None, record_id, str(error))
+        seq = document[CHAIN_FIELD].get("seq")
+        verifier.flag(Problem.MODIFIED, seq if type(seq) is int else None, record_id, str(error))
         return
     if not isinstance(resource, Mapping):
         verifier.flag(Problem.MODIFIED, chain_link.seq, record_id, "the resource is missing")

@@ -283,7 +283,9 @@ async def test_unreachable_database_raises_audit_unavailable() -> None:
         await client.close()
 
 
-async def test_sink_recovers_after_a_failed_batch(mongo_db: AsyncDatabase[dict[str, Any]]) -> None:
+async def test_stale_cached_head_is_reread_when_another_process_appended(
+    mongo_db: AsyncDatabase[dict[str, Any]],
+) -> None:
     sink = await sink_for(mongo_db)
     await sink.record([read_event("p1")])
     # Another process moved the head on: the cached head is stale, the sink must re-read it.
