@@ -34,7 +34,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -141,7 +141,7 @@ class MongoAuditSink:
         self._head_cache_size = head_cache_size
         self._attempts = attempts
         self._cache: OrderedDict[str, ChainLink | None] = OrderedDict()
-        self._queue: list[_Waiting] = []
+        self._queue: deque[_Waiting] = deque()
         self._writer: asyncio.Task[None] | None = None
 
     async def ensure_indexes(self) -> None:
@@ -208,7 +208,7 @@ class MongoAuditSink:
             batch: list[_Waiting] = []
             size = 0
             while self._queue and (not batch or size + len(self._queue[0].records) <= self._batch_limit):
-                waiting = self._queue.pop(0)
+                waiting = self._queue.popleft()
                 batch.append(waiting)
                 size += len(waiting.records)
             try:
@@ -216,7 +216,7 @@ class MongoAuditSink:
             except Exception as error:
                 self._fail(batch, error)
             except BaseException as error:
-                self._fail(batch + self._queue, error)
+                self._fail([*batch, *self._queue], error)
                 self._queue.clear()
                 raise
             else:
