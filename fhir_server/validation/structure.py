@@ -14,7 +14,6 @@ Two passes over one resource, both reporting FHIRPath expressions (`Patient.iden
 
 from __future__ import annotations
 
-import datetime
 import decimal
 import types
 import typing
@@ -33,7 +32,6 @@ _PRIMITIVE_TYPE_NAMES = frozenset(
     "Boolean Integer Decimal String Uri Url Canonical Code Id Oid Uuid Markdown Base64Binary Instant Date "
     "DateTime Time PositiveInt UnsignedInt".split()
 )
-_STRING_TYPES: tuple[type, ...] = (str, bytes, datetime.date, datetime.datetime, datetime.time)
 
 
 @dataclass(frozen=True)
