@@ -140,7 +140,7 @@ class MongoAuditSink:
         self._batch_limit = batch_limit
         self._head_cache_size = head_cache_size
         self._attempts = attempts
-        self._cache: OrderedDict[str, ChainLink | None] = OrderedDict()
+        self._cache: OrderedDict[str, ChainLink] = OrderedDict()
         self._queue: deque[_Waiting] = deque()
         self._writer: asyncio.Task[None] | None = None
 
@@ -170,7 +170,7 @@ class MongoAuditSink:
         last_updated = now_utc()
         record_id = str(uuid.uuid4())
         meta = {**(event.get("meta") or {}), "versionId": "1", "lastUpdated": instant(last_updated)}
-        resource = {"resourceType": AUDIT_EVENT, "id": record_id, "meta": meta}
+        resource: dict[str, Any] = {"resourceType": AUDIT_EVENT, "id": record_id, "meta": meta}
         resource.update({key: value for key, value in event.items() if key not in resource})
         try:
             index = self._extract(resource)
@@ -252,7 +252,7 @@ class MongoAuditSink:
         async with self._database.client.start_session() as session:
             await session.start_transaction()
             missing = [key for key in keys if key not in self._cache]
-            heads = {key: self._cache[key] for key in keys if key in self._cache}
+            heads: dict[str, ChainLink | None] = {key: self._cache[key] for key in keys if key in self._cache}
             if missing:
                 heads.update(await self._load_heads(missing, session))
             new_heads = await self._store(records, heads, session)

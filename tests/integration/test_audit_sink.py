@@ -200,6 +200,23 @@ async def test_aborted_transaction_drops_the_audit_record_and_the_chain_continue
     assert (await verify_audit_chains(mongo_db)).ok
 
 
+async def test_several_records_in_one_transaction_chain_one_after_the_other(
+    mongo_db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    sink = await sink_for(mongo_db)
+
+    async with mongo_db.client.start_session() as session:
+        await session.start_transaction()
+        await sink.record([read_event("p1"), read_event("p2")], session=session)
+        await sink.record([read_event("p1")], session=session)
+        await session.commit_transaction()
+
+    assert [d["chain"]["seq"] for d in await chain_of(mongo_db, "p1")] == [1, 2]
+    assert_linked(await chain_of(mongo_db, "p1"))
+    assert_linked(await chain_of(mongo_db, "p2"))
+    assert (await verify_audit_chains(mongo_db)).ok
+
+
 async def test_two_open_transactions_on_one_chain_conflict_and_the_loser_can_rerun(
     mongo_db: AsyncDatabase[dict[str, Any]],
 ) -> None:
