@@ -110,7 +110,8 @@ def needs_consents(request: AccessRequest) -> bool:
 class _Outcome:
     deny: bool
     path: str
-    explicit_btg_deny: bool
+    refusal: str | None
+    """Path of a deciding deny provision that names purpose BTG (the patient refuses break-the-glass)."""
 
 
 class Evaluator:
@@ -233,10 +234,10 @@ class Evaluator:
                 (denies if outcome.deny else permits).append((consent.reference, outcome))
         if denies:
             references = tuple(reference for reference, _ in denies)
-            if self.break_the_glass and not any(o.explicit_btg_deny for _, o in denies):
+            if self.break_the_glass and all(o.refusal is None for _, o in denies):
                 return Decision.allow("break-the-glass", consents=references, break_the_glass=True)
-            refused = [o for _, o in denies if o.explicit_btg_deny] if self.break_the_glass else []
-            return Decision.deny((refused or [denies[0][1]])[0].path, consents=references)
+            refusals = [o.refusal for _, o in denies if o.refusal is not None] if self.break_the_glass else []
+            return Decision.deny((refusals or [denies[0][1].path])[0], consents=references)
         if permits:
             return Decision.allow(permits[0][1].path, consents=tuple(reference for reference, _ in permits))
         if self.policy.default == "permit":
@@ -250,11 +251,14 @@ def _outcome(provision: Provision, stored: StoredResource) -> _Outcome:
     """The result of a matching provision: its deepest matching descendants decide, deny wins."""
     nested = [_outcome(child, stored) for child in provision.provisions if matches(child, stored)]
     if not nested:
-        return _Outcome(provision.deny, provision.path, provision.explicit_btg_deny)
+        return _Outcome(
+            provision.deny, provision.path, provision.path if provision.explicit_btg_deny else None
+        )
     denies = [outcome for outcome in nested if outcome.deny]
     if not denies:
         return nested[0]
-    return _Outcome(True, denies[0].path, any(outcome.explicit_btg_deny for outcome in denies))
+    refusals = [outcome.refusal for outcome in denies if outcome.refusal is not None]
+    return _Outcome(True, denies[0].path, refusals[0] if refusals else None)
 
 
 def matches(provision: Provision, stored: StoredResource) -> bool:
