@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from pymongo import AsyncMongoClient
 from starlette.responses import JSONResponse, Response
 
+from fhir_server import validation
 from fhir_server.api import errors, routes
 from fhir_server.audit.sink import MongoAuditSink
 from fhir_server.auth.tokens import TokenVerifier, load_jwks
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
         client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True)
         try:
             database = client[settings.database]
+            validation.warm_up()
             registry = SearchRegistry.load()
             repository = Repository(client, database, extract=registry.extract)
             await repository.ensure_indexes(SUPPORTED_TYPES, registry.index_keys)

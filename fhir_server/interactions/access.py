@@ -12,10 +12,10 @@ from typing import Any
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.interactions.context import InteractionContext
+from fhir_server.settings import Settings
 from fhir_server.storage import documents as doc
 from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.guard import NOTHING, AccessGuard, GuardProvider
-from fhir_server.settings import Settings
 from fhir_server.storage.repository import Repository
 
 

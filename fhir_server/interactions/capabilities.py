@@ -13,9 +13,9 @@ from typing import Any
 
 from fhir_server import __version__
 from fhir_server.interactions.context import InteractionContext
-from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
+from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.documents import instant
 

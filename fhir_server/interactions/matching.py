@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fhir_server.search.compile import compile_filter
-from fhir_server.search.parse import parse_search
-
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.services import Services
+from fhir_server.search.compile import compile_filter
+from fhir_server.search.parse import parse_search
 from fhir_server.storage.documents import StoredResource
 
 
@@ -43,12 +42,7 @@ async def find_matches(
     request = parse_search(
         resource_type, params, registry=services.registry, strict=True, base_url=services.base_url
     )
-    query = await compile_filter(
-        request,
-        registry=services.registry,
-        resolve=GuardedChainResolver(ctx, services),
-        base_url=services.base_url,
-    )
+    query = await compile_filter(request, resolve=GuardedChainResolver(ctx, services))
     provider = services.access.provider(ctx, interaction=Interaction.SEARCH_TYPE)
     guard = await provider.guard(resource_type, patients=None)
     return await services.repository.find(resource_type, query, guard=guard, limit=limit)

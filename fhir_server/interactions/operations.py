@@ -13,7 +13,7 @@ from fhir_server.interactions.services import Services
 from fhir_server.validation import parse_resource_json, validate_resource
 
 
-async def validate(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+async def validate(ctx: InteractionContext, _services: Services, *, body: bytes) -> FhirResponse:
     ctx.audit.operation = "$validate"
     payload = parse_resource_json(body)
     resource = payload

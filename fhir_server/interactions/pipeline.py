@@ -12,10 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from fhir_server.audit.balp import InteractionFacts, build_audit_events
-from fhir_server.audit.sink import AuditUnavailable
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from fhir_server.audit.balp import InteractionFacts, build_audit_events
+from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import PERMISSION_OF, granting_scopes
 from fhir_server.auth.tokens import bearer_token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from email.utils import format_datetime
 
 from fhir_server.fhir.errors import Issue, operation_outcome
@@ -11,7 +12,8 @@ from fhir_server.storage.documents import StoredResource
 
 
 def version_headers(stored: StoredResource) -> dict[str, str]:
-    return {"ETag": stored.etag, "Last-Modified": format_datetime(stored.last_updated, usegmt=True)}
+    modified = stored.last_updated.astimezone(UTC)
+    return {"ETag": stored.etag, "Last-Modified": format_datetime(modified, usegmt=True)}
 
 
 def resource_response(stored: StoredResource, *, status: int) -> FhirResponse:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fhir_server.audit.sink import AuditSink
-from fhir_server.search.registry import SearchRegistry
-
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.interactions.access import AccessControl
+from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.repository import Repository
 

@@ -94,7 +94,9 @@ async def _start(mongo_uri: str, data_dir: Path, database: str) -> AsyncIterator
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 50000))
-            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url=BASE_URL.removesuffix("/fhir")
+            ) as http:
                 yield Server(app, http, client[database], data_dir)
     finally:
         await client.drop_database(database)
