@@ -260,7 +260,7 @@ def reference_decide(
         return Decision(ok, "no-patient-context")
     npi = principal.national_provider_identifier
     author = rtype == "DocumentReference" and any(
-        a.get("reference") == principal.fhir_user
+        (principal.fhir_user is not None and a.get("reference") == principal.fhir_user)
         or (npi is not None and a.get("identifier", {}).get("value") == npi)
         for a in (resource or {}).get("author", [])
     )
