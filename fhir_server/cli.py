@@ -35,8 +35,8 @@ def token(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if settings.auth_jwks is not None:
-        print("fhir-server token signs with the development key; FHIR_AUTH_JWKS is set, so the server would refuse it.",
-              file=sys.stderr)  # fmt: skip
+        message = "fhir-server token signs with the development key; the server trusts FHIR_AUTH_JWKS instead."
+        print(message, file=sys.stderr)
         return 2
     iua: dict[str, Any] = {}
     if args.name:
