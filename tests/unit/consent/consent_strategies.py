@@ -28,6 +28,7 @@ from consent_builders import (
 from hypothesis import strategies as st
 
 from fhir_server.auth.principal import PURPOSE_OF_USE_SYSTEM
+from fhir_server.consent import ConsentPolicy
 from fhir_server.fhir.interaction import Interaction
 
 INTERACTIONS = (
@@ -41,6 +42,17 @@ INTERACTIONS = (
     Interaction.DELETE,
 )
 PATIENTS = ("p1", "p2", "p3")
+POLICIES = [ConsentPolicy(default, roles) for default in ("deny", "permit") for roles in ((), (MEDECIN,))]
+TYPES_BY_ID = {
+    "d1": "DocumentReference",
+    "d2": "DocumentReference",
+    "p1": "Patient",
+    "p2": "Patient",
+    "b1": "Binary",
+    "c9": "Consent",
+    "ae1": "AuditEvent",
+}
+
 TYPE_CODES = ((LOINC, "11488-4"), (LOINC, "34133-9"), (None, "11488-4"), ("urn:x", "11488-4"))
 LABELS = tuple((CONF, code) for code in "ULMNRV") + (
     (A07, "MASQUE_PS"),

@@ -12,11 +12,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consent_builders import NOW
-from consent_strategies import GROUPS, INTERACTIONS, consents, principals, stored_documents
+from consent_strategies import (
+    GROUPS,
+    INTERACTIONS,
+    POLICIES,
+    TYPES_BY_ID,
+    consents,
+    principals,
+    stored_documents,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhir_server.auth.principal import Coding, Principal
+from fhir_server.auth.principal import Principal
 from fhir_server.consent import AccessRequest, ConsentPolicy, Decision, decide
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.storage.documents import StoredResource
@@ -26,19 +34,6 @@ CONF = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 LEVELS = "ULMNRV"
 BELOW = {"TREAT": {"TREAT", "ETREAT", "BTG", "ERTREAT"}, "ETREAT": {"ETREAT", "BTG", "ERTREAT"}}
 READ = {"read", "vread", "search-type", "search-system", "history-instance", "history-type", "history-system"}
-G15 = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
-POLICIES = [
-    ConsentPolicy(default, roles) for default in ("deny", "permit") for roles in ((), (Coding(G15, "10"),))
-]
-TYPES_BY_ID = {
-    "d1": "DocumentReference",
-    "d2": "DocumentReference",
-    "p1": "Patient",
-    "p2": "Patient",
-    "b1": "Binary",
-    "c9": "Consent",
-    "ae1": "AuditEvent",
-}
 
 
 def action_of(interaction: Interaction) -> str | None:
