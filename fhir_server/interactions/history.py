@@ -18,7 +18,7 @@ from fhir_server.fhir.errors import bad_request, not_found
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
-from fhir_server.storage.documents import StoredResource, instant
+from fhir_server.storage.documents import UNVERSIONED_TYPES, StoredResource, instant
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -60,7 +60,8 @@ async def history(ctx: InteractionContext, services: Services) -> FhirResponse:
     links = [("self", _url(path, params))]
     if more:
         last = page[-1]
-        token = _encode_cursor(last.last_updated, f"{last.id}/{last.version}")
+        key = last.id if last.resource_type in UNVERSIONED_TYPES else f"{last.id}/{last.version}"
+        token = _encode_cursor(last.last_updated, key)
         links.append(("next", _url(path, [*kept, (CURSOR_PARAMETER, token)])))
     entries = [_entry(ctx, stored) for stored in page]
     return FhirResponse(200, bundle("history", now=ctx.now, entries=entries, links=links))

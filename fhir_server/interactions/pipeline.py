@@ -114,6 +114,11 @@ def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) 
     )
 
 
+def _raw_request(ctx: InteractionContext) -> bytes:
+    """The request as received (method and target), for the BALP query entity."""
+    return f"{ctx.request.method} {ctx.request.target}".encode()
+
+
 async def record_audit(
     services: Services,
     ctx: InteractionContext,

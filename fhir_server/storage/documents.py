@@ -35,6 +35,10 @@ COMPARTMENT = "pat"
 SECURITY = "sec"
 
 
+UNVERSIONED_TYPES = frozenset({"AuditEvent"})
+"""Types written once by the server (append-only): their only version lives in the current collection."""
+
+
 def history_collection(resource_type: str) -> str:
     return f"{resource_type}_history"
 

@@ -20,6 +20,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
+from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
 from fhir_server.storage import documents as doc
@@ -58,6 +59,8 @@ class Repository:
                 except PyMongoError as error:
                     if session.in_transaction:
                         await session.abort_transaction()
+                    if isinstance(error, AuditUnavailable) and attempt + 1 == TRANSACTION_ATTEMPTS:
+                        raise
                     transient = error.has_error_label("TransientTransactionError") or error.has_error_label(
                         "UnknownTransactionCommitResult"
                     )
@@ -137,8 +140,10 @@ class Repository:
 
         `observe` sees every decision taken, refusals included, so that the AuditEvent can name it.
         """
-        if version is None:
+        if version is None or resource_type in doc.UNVERSIONED_TYPES:
             found = await self.database[resource_type].find_one({doc.ID: resource_id}, session=session)
+            if found is not None and version is not None and found[doc.VERSION] != version:
+                found = None
         else:
             found = await self.database[doc.history_collection(resource_type)].find_one(
                 {doc.ID: f"{resource_id}/{version}"}, session=session
@@ -198,9 +203,10 @@ class Repository:
         limit: int = 0,
     ) -> list[StoredResource]:
         """Versions newest first (keyset on (lu, _id)), each version decided on its own."""
+        unversioned = resource_type in doc.UNVERSIONED_TYPES
         conditions: list[Mapping[str, Any]] = []
         if resource_id is not None:
-            conditions.append({doc.RESOURCE_ID: resource_id})
+            conditions.append({doc.ID if unversioned else doc.RESOURCE_ID: resource_id})
         if since is not None:
             conditions.append({doc.LAST_UPDATED: {"$gte": since}})
         if before is not None:
@@ -215,7 +221,8 @@ class Repository:
             )
         query: Mapping[str, Any] = {"$and": conditions} if conditions else {}
         criteria = guarded_filter(guard, resource_type, query)
-        cursor = self.database[doc.history_collection(resource_type)].find(
+        source = resource_type if unversioned else doc.history_collection(resource_type)
+        cursor = self.database[source].find(
             criteria, sort=[(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)], limit=limit
         )
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
