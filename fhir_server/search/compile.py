@@ -28,10 +28,19 @@ class ChainResolver(Protocol):
         ...
 
 
-def _all(conditions: list[dict[str, Any]]) -> dict[str, Any]:
-    if not conditions:
-        return {}
-    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+def conjunction(conditions: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """AND of filters: merged into one document where their keys differ (planners index a flat
+    filter best), `$and` for the rest."""
+    merged: dict[str, Any] = {}
+    rest: list[Mapping[str, Any]] = []
+    for condition in conditions:
+        if condition.keys() & merged.keys() or "$and" in condition:
+            rest.append(condition)
+        else:
+            merged.update(condition)
+    if not rest:
+        return merged
+    return {"$and": [merged, *rest]} if merged else {"$and": rest}
 
 
 async def _clause_filter(
@@ -60,7 +69,7 @@ async def _clause_filter(
 async def compile_filter(request: SearchRequest, *, resolve: ChainResolver) -> dict[str, Any]:
     """The MongoDB filter of the request's criteria; `{}` when it has none."""
     scope = request.resource_type or ANY_TYPE
-    return _all([await _clause_filter(scope, clause, resolve) for clause in request.clauses])
+    return conjunction([await _clause_filter(scope, clause, resolve) for clause in request.clauses])
 
 
 def compile_sort(request: SearchRequest, registry: SearchRegistry) -> list[tuple[str, int]]:

@@ -226,29 +226,48 @@ class SearchRegistry:
     def index_keys(self, resource_type: str) -> list[list[tuple[str, int]]]:
         """MongoDB indexes for the common searches on `resource_type`, created at start-up.
 
-        Every reference parameter and `identifier` get an index of their own; `patient` is paired
-        with each date parameter's `:hi` scalar, `type`/`category`/`code` with `date:hi`, and
-        Patient names are indexed for starts-with searches. No index holds two array-valued fields
-        (MongoDB refuses parallel arrays): a multi-valued `idx.<code>` is only paired with scalars.
+        Each is equality fields, then `del` (every search has `del: false`), then at most one range
+        scalar, so that a flat filter of those fields is served by the index alone (the embedded
+        database's planner needs that). `identifier` and the compartment-like references get
+        one each; `patient` is paired with `status`/`type`/`category`/`code` and each date
+        parameter's `:hi`, `type`/`category`/`code` with `date:hi`; an index that is a prefix of
+        another is left out. No index holds two
+        multi-valued fields (MongoDB refuses parallel arrays): `patient` is paired with another
+        token only where it comes from a 0..1 element (a scalar, types/common.stored).
         """
         parameters = self.parameters_for(resource_type)
-        keys: list[list[tuple[str, int]]] = []
+        live = ("del", 1)
         dates = [
             code
             for code, parameter in parameters.items()
             if parameter.type == "date" and not parameter.stored
         ]
+        tokens = [code for code in _PAIRED_TOKENS if code in parameters]
+        keys: list[list[tuple[str, int]]] = []
         for code, parameter in parameters.items():
-            if parameter.stored:
-                continue
-            if parameter.type == "reference" or code == "identifier":
-                keys.append([(parameter.field, 1)])
-            if code in ("type", "category", "code"):
-                keys.append(
-                    [(parameter.field, 1), ("idx.date:hi", 1)] if "date" in dates else [(parameter.field, 1)]
-                )
-            if resource_type == "Patient" and code in ("name", "family", "given"):
-                keys.append([(parameter.field, 1)])
+            if code in _INDEXED or (resource_type == "Patient" and code in _PATIENT_NAMES):
+                keys.append([(parameter.field, 1), live])
+        for code in tokens:
+            if "date" in dates and code != "status":
+                keys.append([(f"idx.{code}", 1), live, ("idx.date:hi", 1)])
         if "patient" in parameters:
-            keys.extend([("idx.patient", 1), (f"idx.{code}:hi", 1)] for code in dates)
-        return keys
+            keys.extend([("idx.patient", 1), live, (f"idx.{code}:hi", 1)] for code in dates)
+            if resource_type in _SINGLE_PATIENT:
+                for code in tokens:
+                    keys.append([("idx.patient", 1), (f"idx.{code}", 1), live])
+                    if "date" in dates and code != "status":
+                        keys.append([("idx.patient", 1), (f"idx.{code}", 1), live, ("idx.date:hi", 1)])
+        return [
+            key
+            for key in keys
+            if not any(len(other) > len(key) and other[: len(key)] == key for other in keys)
+        ]
+
+
+_INDEXED = frozenset(
+    {"identifier", "patient", "subject", "author", "agent", "entity", "actor", "item", "relatesto"}
+)
+_PATIENT_NAMES = frozenset({"name", "family", "given"})
+_PAIRED_TOKENS = ("status", "type", "category", "code")
+_SINGLE_PATIENT = frozenset({"DocumentReference", "Consent", "List"})
+"""Types whose `patient` parameter reads a 0..1 element (subject, patient): one key per document."""

@@ -60,6 +60,15 @@ def unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def stored(values: list[str]) -> str | list[str]:
+    """How an index value list is stored: one value as a scalar, several as an array.
+
+    MongoDB queries treat both alike, and a compound index may then pair single-valued fields
+    with one multi-valued field (MongoDB refuses to index two arrays of one document together).
+    """
+    return values[0] if len(values) == 1 else values
+
+
 @dataclass(frozen=True)
 class QueryContext:
     """What a type needs to parse and compile one search value besides the value itself."""

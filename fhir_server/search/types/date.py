@@ -8,7 +8,9 @@ is unbounded (year 1 / year 9999, UTC). Stored (`idx`): `<code>` holds `[{"lo": 
 datetime}]`, `<code>:lo` the smallest `lo` and `<code>:hi` the largest `hi`: the scalars sort
 (ascending on the lowest value, descending on the highest, as R4 asks) and give indexes a bounded
 range to scan. Matching compares `lo` and `hi` of one value together (`$elemMatch`), except where
-one bound alone decides, which the scalar answers exactly.
+one bound alone decides, which the scalar answers exactly. `ge`/`le` read "the range at or above
+(below) the search value overlaps the target": some value ends at or after the search range's
+start (starts at or before its end).
 """
 
 from __future__ import annotations
@@ -126,42 +128,29 @@ def parse_value(raw: str, context: QueryContext) -> DateValue:
     return DateValue(prefix, lo, hi)
 
 
-def _element(value: DateValue) -> dict[str, Any]:
-    """The condition on one stored {lo, hi} range."""
-    contained = {"lo": {"$gte": value.lo}, "hi": {"$lte": value.hi}}
-    if value.prefix == "ge":
-        return {"$or": [{"hi": {"$gt": value.hi}}, contained]}
-    if value.prefix == "le":
-        return {"$or": [{"lo": {"$lt": value.lo}}, contained]}
-    if value.prefix == "sa":
-        return {"lo": {"$gt": value.hi}}
-    if value.prefix == "eb":
-        return {"hi": {"$lt": value.lo}}
-    if value.prefix == "ap":
-        return {"lo": {"$lte": value.hi}, "hi": {"$gte": value.lo}}
-    return contained
-
-
 def _ranged(field: str, value: DateValue) -> dict[str, Any]:
-    """Exact condition on an extracted range list, led by a bounded condition on its scalars."""
+    """Condition on an extracted range list: where one bound decides (gt, lt, ge, le), its scalar
+    answers exactly; otherwise `$elemMatch` compares both bounds of one value, led by the scalars."""
     lowest, highest = f"{field}:lo", f"{field}:hi"
+    contained = {field: {"$elemMatch": {"lo": {"$gte": value.lo}, "hi": {"$lte": value.hi}}}}
     if value.prefix == "gt":
         return {highest: {"$gt": value.hi}}
     if value.prefix == "lt":
         return {lowest: {"$lt": value.lo}}
+    if value.prefix == "ge":
+        return {highest: {"$gte": value.lo}}
+    if value.prefix == "le":
+        return {lowest: {"$lte": value.hi}}
     if value.prefix == "ne":
-        return {
-            field: {"$exists": True, "$not": {"$elemMatch": _element(DateValue("eq", value.lo, value.hi))}}
-        }
-    scalars = {
-        "eq": {highest: {"$gte": value.lo}, lowest: {"$lte": value.hi}},
-        "ge": {highest: {"$gte": value.lo}},
-        "le": {lowest: {"$lte": value.hi}},
-        "sa": {highest: {"$gt": value.hi}},
-        "eb": {lowest: {"$lt": value.lo}},
-        "ap": {highest: {"$gte": value.lo}, lowest: {"$lte": value.hi}},
-    }[value.prefix]
-    return {**scalars, field: {"$elemMatch": _element(value)}}
+        return {field: {"$exists": True, "$not": contained[field]}}
+    if value.prefix == "sa":
+        return {highest: {"$gt": value.hi}, field: {"$elemMatch": {"lo": {"$gt": value.hi}}}}
+    if value.prefix == "eb":
+        return {lowest: {"$lt": value.lo}, field: {"$elemMatch": {"hi": {"$lt": value.lo}}}}
+    if value.prefix == "ap":
+        overlap = {"lo": {"$lte": value.hi}, "hi": {"$gte": value.lo}}
+        return {highest: {"$gte": value.lo}, lowest: {"$lte": value.hi}, field: {"$elemMatch": overlap}}
+    return {highest: {"$gte": value.lo}, lowest: {"$lte": value.hi}, **contained}
 
 
 def _scalar(field: str, value: DateValue) -> dict[str, Any]:

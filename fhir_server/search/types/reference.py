@@ -2,8 +2,9 @@
 
 https://hl7.org/fhir/R4/search.html#reference
 
-Stored (`idx`): `<code>` holds `Type/id` for a relative reference and, for an absolute URL, the URL
-as written plus the `Type/id` it ends with (so a local absolute reference matches `Type/id`);
+Stored (`idx`): `<code>` holds one key per reference (a scalar when there is one): `Type/id`, also
+for an absolute URL that ends with `Type/id` (as storage/documents.py reads the patient compartment;
+the query side normalises the same way), else the URL as written;
 `<code>:identifier` holds token keys of `Reference.identifier` (for `:identifier`), `<code>:sort`
 the smallest key. Contained references (`#id`) are not indexed.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.search.types import token
-from fhir_server.search.types.common import QueryContext, unescape, unique
+from fhir_server.search.types.common import QueryContext, stored, unescape, unique
 
 MODIFIERS = frozenset({"identifier"})
 """Besides `:[type]`, any resource type name."""
@@ -38,32 +39,38 @@ def _is_absolute(text: str) -> bool:
     return "://" in text or text.startswith(("urn:", "//"))
 
 
-def reference_keys(text: str) -> list[str]:
-    """Index keys of one `Reference.reference` text."""
+def reference_key(text: str) -> str | None:
+    """The index key of one `Reference.reference` text; None for a contained reference."""
     if not text or text.startswith("#"):
-        return []
+        return None
     text = _without_history(text)
     if not _is_absolute(text):
-        return [text]
+        return text
     match = _TYPED.fullmatch(text)
-    return [text, f"{match.group(1)}/{match.group(2)}"] if match else [text]
+    return f"{match.group(1)}/{match.group(2)}" if match else text
 
 
 def extract(code: str, values: Sequence[Any]) -> dict[str, Any]:
     keys: list[str] = []
     identifiers: list[str] = []
     for value in values:
-        if isinstance(value, str):
-            keys.extend(reference_keys(value))
-        elif isinstance(value, Mapping):
-            if isinstance(value.get("reference"), str):
-                keys.extend(reference_keys(value["reference"]))
+        text = (
+            value
+            if isinstance(value, str)
+            else value.get("reference")
+            if isinstance(value, Mapping)
+            else None
+        )
+        key = reference_key(text) if isinstance(text, str) else None
+        if key is not None:
+            keys.append(key)
+        if isinstance(value, Mapping):
             identifier = value.get("identifier")
             if isinstance(identifier, Mapping) and isinstance(identifier.get("value"), str):
-                identifiers.extend(token.extract(code, [identifier]).get(code, []))
+                identifiers.extend(token.coding_keys(identifier.get("system"), identifier["value"]))
     entries: dict[str, Any] = {}
     if keys:
-        entries[code] = unique(keys)
+        entries[code] = stored(unique(keys))
         entries[f"{code}:sort"] = min(keys)
     if identifiers:
         entries[f"{code}:identifier"] = unique(identifiers)
@@ -93,8 +100,10 @@ def parse_value(raw: str, context: QueryContext) -> ReferenceValue:
         if "/" in text and reference_type(text) != context.modifier:
             raise ValueError(f"reference {text!r} is not a {context.modifier}")
         return ReferenceValue((f"{context.modifier}/{resource_id}",))
-    if _is_absolute(text) or "/" in text:
-        if not _is_absolute(text) and reference_type(text) is None:
+    if _is_absolute(text):
+        return ReferenceValue((reference_key(text) or text,))
+    if "/" in text:
+        if reference_type(text) is None:
             raise ValueError(f"{text!r} is not a Type/id reference")
         return ReferenceValue((text,))
     known = tuple(target for target in context.targets if target != "Resource")

@@ -2,8 +2,9 @@
 
 https://hl7.org/fhir/R4/search.html#string
 
-Stored (`idx`): `<code>` holds the folded strings (every part of a HumanName or Address),
-`<code>:exact` the same strings as written (for `:exact`), `<code>:sort` the smallest folded string.
+Stored (`idx`): `<code>` holds the folded strings, every part of a HumanName or Address (a scalar
+when there is one), `<code>:exact` the same strings as written (for `:exact`), `<code>:sort` the
+smallest folded string.
 Default matching is "equals or starts with" on folded text, `:contains` matches anywhere.
 """
 
@@ -13,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fhir_server.search.types.common import QueryContext, fold, starts_with, unescape, unique
+from fhir_server.search.types.common import QueryContext, fold, starts_with, stored, unescape, unique
 
 MODIFIERS = frozenset({"exact", "contains"})
 
@@ -45,7 +46,7 @@ def extract(code: str, values: Sequence[Any]) -> dict[str, Any]:
         return {}
     exact = unique(raw)
     folded = unique(fold(text) for text in exact)
-    return {code: folded, f"{code}:exact": exact, f"{code}:sort": min(folded)}
+    return {code: stored(folded), f"{code}:exact": exact, f"{code}:sort": min(folded)}
 
 
 def parse_value(raw: str, context: QueryContext) -> str:

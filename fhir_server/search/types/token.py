@@ -2,12 +2,13 @@
 
 https://hl7.org/fhir/R4/search.html#token
 
-Stored (`idx`): `<code>` holds composed keys, built per Coding / Identifier so that a system is never
-paired with another coding's code: `C`, `S|C`, `S|` (with a system) or `C`, `|C` (without); a
-primitive (code, string, boolean as `true`/`false`) and a ContactPoint give their value alone.
-`<code>:text` holds the folded CodeableConcept.text, Coding.display and Identifier.type.text (for
-`:text`), `<code>:of-type` holds `typeSystem|typeCode|value` per Identifier.type coding (for
-`:of-type`), `<code>:sort` the smallest plain code (for `_sort`).
+Stored (`idx`): `<code>` holds composed keys (a scalar when there is one, common.stored), built
+per Coding / Identifier so that a system is never paired with another coding's code: `C`, `S|C`,
+`S|` (with a system) or `C`, `|C` (without); a primitive (code, string, boolean as `true`/`false`)
+and a ContactPoint give their value alone. `<code>:text` holds the folded CodeableConcept.text,
+Coding.display and Identifier.type.text (for `:text`), `<code>:of-type` holds
+`typeSystem|typeCode|value` per Identifier.type coding (for `:of-type`), `<code>:sort` the
+smallest plain code (for `_sort`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fhir_server.search.types.common import QueryContext, fold, split_unescaped, starts_with, unescape, unique
+from fhir_server.search.types.common import (
+    QueryContext,
+    fold,
+    split_unescaped,
+    starts_with,
+    stored,
+    unescape,
+    unique,
+)
 
 MODIFIERS = frozenset({"not", "text", "of-type"})
 
 _CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 
 
-def _coding_keys(system: Any, code: Any) -> list[str]:
+def coding_keys(system: Any, code: Any) -> list[str]:
     if not isinstance(code, str) or not code:
         return [f"{system}|"] if isinstance(system, str) and system else []
     if isinstance(system, str) and system:
@@ -52,7 +61,7 @@ def _collect(value: Any, keys: list[str], texts: list[str], of_type: list[str], 
             if system in _CONTACT_SYSTEMS or "rank" in value:
                 keys.append(item)
             else:
-                keys.extend(_coding_keys(system, item))
+                keys.extend(coding_keys(system, item))
                 identifier_type = value.get("type") or {}
                 for coding in identifier_type.get("coding") or ():
                     if coding.get("code"):
@@ -61,7 +70,7 @@ def _collect(value: Any, keys: list[str], texts: list[str], of_type: list[str], 
                     texts.append(fold(identifier_type["text"]))
             plain.append(item)
         else:
-            keys.extend(_coding_keys(value.get("system"), value.get("code")))
+            keys.extend(coding_keys(value.get("system"), value.get("code")))
             if isinstance(value.get("code"), str) and value["code"]:
                 plain.append(value["code"])
             if isinstance(value.get("display"), str):
@@ -77,7 +86,7 @@ def extract(code: str, values: Sequence[Any]) -> dict[str, Any]:
         _collect(value, keys, texts, of_type, plain)
     entries: dict[str, Any] = {}
     if keys:
-        entries[code] = unique(keys)
+        entries[code] = stored(unique(keys))
     if texts:
         entries[f"{code}:text"] = unique(texts)
     if of_type:

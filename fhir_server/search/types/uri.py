@@ -2,9 +2,9 @@
 
 https://hl7.org/fhir/R4/search.html#uri
 
-Stored (`idx`): `<code>` holds the URIs as written, `<code>:sort` the smallest. Matching is exact;
-`:below` matches URIs that start with the value, `:above` URIs that the value starts with (by path
-segment).
+Stored (`idx`): `<code>` holds the URIs as written (a scalar when there is one), `<code>:sort` the
+smallest. Matching is exact; `:below` matches URIs that start with the value, `:above` URIs that
+the value starts with (by path segment).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fhir_server.search.types.common import QueryContext, starts_with, unescape, unique
+from fhir_server.search.types.common import QueryContext, starts_with, stored, unescape, unique
 
 MODIFIERS = frozenset({"below", "above"})
 
 
 def extract(code: str, values: Sequence[Any]) -> dict[str, Any]:
     uris = unique(value for value in values if isinstance(value, str) and value)
-    return {code: uris, f"{code}:sort": min(uris)} if uris else {}
+    return {code: stored(uris), f"{code}:sort": min(uris)} if uris else {}
 
 
 def parse_value(raw: str, context: QueryContext) -> str:  # noqa: ARG001 (ParameterType signature)

@@ -48,7 +48,18 @@ class RecordingResolver:
 async def test_clauses_are_anded() -> None:
     request = _parse("DocumentReference", "patient=p1&status=current")
     assert await compile_filter(request, resolve=RecordingResolver({})) == {
-        "$and": [{"idx.patient": "Patient/p1"}, {"idx.status": "current"}]
+        "idx.patient": "Patient/p1",
+        "idx.status": "current",
+    }
+
+
+async def test_repeated_parameters_on_one_field_are_anded() -> None:
+    request = _parse("DocumentReference", "status=current&status:not=superseded&patient=p1")
+    assert await compile_filter(request, resolve=RecordingResolver({})) == {
+        "$and": [
+            {"idx.status": "current", "idx.patient": "Patient/p1"},
+            {"idx.status": {"$nin": ["superseded"]}},
+        ]
     }
 
 
