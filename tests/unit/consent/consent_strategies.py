@@ -198,23 +198,33 @@ def provisions(depth: int) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-consents = st.lists(
-    st.builds(
-        lambda patient, status, scope, root: {
-            "resourceType": "Consent",
-            "status": status,
-            "scope": {"coding": [{"code": scope}]},
-            "patient": {"reference": f"Patient/{patient}"},
-            "contained": [CONTAINED_TEAM],
-            "provision": root,
-        },
-        st.sampled_from(("p1", "p1", "p1", "p2")),
-        st.sampled_from(("active", "active", "active", "inactive", "draft")),
-        st.sampled_from(("patient-privacy", "patient-privacy", "research")),
-        provisions(2),
-    ),
-    max_size=3,
-).map(lambda items: [{**item, "id": f"c{i}"} for i, item in enumerate(items)])
+def consent_lists(
+    patients: tuple[str, ...] = ("p1", "p1", "p1", "p2"),
+    statuses: tuple[str, ...] = ("active", "active", "active", "inactive", "draft"),
+    scopes: tuple[str, ...] = ("patient-privacy", "patient-privacy", "research"),
+) -> st.SearchStrategy[list[dict[str, Any]]]:
+    return st.lists(
+        st.builds(
+            lambda patient, status, scope, root: {
+                "resourceType": "Consent",
+                "status": status,
+                "scope": {"coding": [{"code": scope}]},
+                "patient": {"reference": f"Patient/{patient}"},
+                "contained": [CONTAINED_TEAM],
+                "provision": root,
+            },
+            st.sampled_from(patients),
+            st.sampled_from(statuses),
+            st.sampled_from(scopes),
+            provisions(2),
+        ),
+        max_size=3,
+    ).map(lambda items: [{**item, "id": f"c{i}"} for i, item in enumerate(items)])
+
+
+consents = consent_lists()
+applicable_consents = consent_lists(("p1",), ("active",), ("patient-privacy",))
+"""Consents that all apply to the documents of `p1_documents`: the criteria decide."""
 
 
 def _date_index(
@@ -280,6 +290,15 @@ other_resources = st.sampled_from(
     )
 )
 
+p1_documents = st.builds(
+    lambda pair, history, deleted: document(
+        pair[0], index=pair[1], history=history, deleted=deleted, version=2
+    ),
+    document_references.filter(lambda pair: pair[0].get("subject") == {"reference": "Patient/p1"}),
+    st.booleans(),
+    st.sampled_from((False, False, False, True)),
+)
+clinicians = st.one_of(professionals, breaking_the_glass)
 stored_documents = st.builds(
     lambda pair, history, deleted: document(
         pair[0], index=pair[1], history=history, deleted=deleted, version=2

@@ -19,7 +19,10 @@ from consent_strategies import (
     PATIENTS,
     POLICIES,
     TYPES_BY_ID,
+    applicable_consents,
+    clinicians,
     consents,
+    p1_documents,
     principals,
     stored_documents,
 )
@@ -76,6 +79,34 @@ def test_query_filter_matches_exactly_what_decide_permits(
         kind = resource_type(document)
         query = guard.query_filter(kind)
         permitted = guard.decide(StoredResource.from_document(kind, document)).permit
+        assert (query is not None and matches(document, query)) is permitted, (query, document)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    principal=clinicians,
+    interaction=st.sampled_from(INTERACTIONS),
+    documents=st.lists(p1_documents, min_size=1, max_size=4),
+    consent_list=applicable_consents,
+    policy=st.sampled_from(POLICIES[1::2]),
+)
+def test_query_filter_matches_decide_when_every_consent_applies(
+    principal: Principal,
+    interaction: Interaction,
+    documents: list[dict[str, Any]],
+    consent_list: list[dict[str, Any]],
+    policy: ConsentPolicy,
+) -> None:
+    guard = ConsentGuard(
+        AccessRequest(principal, interaction, "DocumentReference", NOW),
+        {"p1": consent_list},
+        policy=policy,
+        all_patients=False,
+        groups=GROUPS,
+    )
+    query = guard.query_filter("DocumentReference")
+    for document in documents:
+        permitted = guard.decide(StoredResource.from_document("DocumentReference", document)).permit
         assert (query is not None and matches(document, query)) is permitted, (query, document)
 
 

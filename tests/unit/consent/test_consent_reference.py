@@ -17,7 +17,10 @@ from consent_strategies import (
     INTERACTIONS,
     POLICIES,
     TYPES_BY_ID,
+    applicable_consents,
+    clinicians,
     consents,
+    p1_documents,
     principals,
     stored_documents,
 )
@@ -327,7 +330,7 @@ def reference_decide(
     )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(
     principal=principals,
     interaction=st.sampled_from(INTERACTIONS),
@@ -357,3 +360,31 @@ def test_decide_agrees_with_the_reference_evaluator(
         identity_lookup=lookup,
     )
     assert got == reference_decide(principal, interaction, document, rtype, consent_list, policy, lookup)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    principal=clinicians,
+    interaction=st.sampled_from(INTERACTIONS),
+    document=p1_documents,
+    consent_list=applicable_consents,
+    policy=st.sampled_from(POLICIES[1::2]),
+)
+def test_decide_agrees_with_the_reference_evaluator_when_every_consent_applies(
+    principal: Principal,
+    interaction: Interaction,
+    document: dict[str, Any],
+    consent_list: list[dict[str, Any]],
+    policy: ConsentPolicy,
+) -> None:
+    stored = StoredResource.from_document("DocumentReference", document)
+    got = decide(
+        AccessRequest(principal, interaction, "DocumentReference", NOW),
+        stored,
+        consent_list,
+        policy=policy,
+        groups=GROUPS,
+    )
+    assert got == reference_decide(
+        principal, interaction, document, "DocumentReference", consent_list, policy, False
+    )
