@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,6 +26,7 @@ from fhir_server.fhir.errors import (
     FhirError,
     bad_request,
     forbidden,
+    gone,
     method_not_allowed,
     not_found,
     precondition_failed,
@@ -103,12 +105,23 @@ def _check_if_match(ctx: InteractionContext, current: StoredResource | None) -> 
         raise precondition_failed(f"If-Match {header} does not match the current version ({found})")
 
 
-# -- create ---------------------------------------------------------------------------------------
+# -- plans: a write resolved (conditionals, access to the target) and ready to run in a transaction
 
 
-async def create(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+@dataclass
+class Planned:
+    """A resolved write. `apply` runs inside a transaction; `existing` means nothing is to be written
+    (a conditional create that matched)."""
+
+    apply: Apply | None
+    existing: StoredResource | None = None
+
+
+Apply = Callable[[AsyncClientSession], Awaitable[tuple[StoredResource | None, int]]]
+
+
+async def plan_create(ctx: InteractionContext, services: Services, resource: dict[str, Any]) -> Planned:
     resource_type = _writable(ctx)
-    resource = _prepare(validate_or_raise(parse_resource_json(body), expected_type=resource_type))
     condition = ctx.request.header("if-none-exist")
     if condition:
         matches = await find_matches(ctx, services, resource_type, _query_pairs(condition))
@@ -116,24 +129,24 @@ async def create(ctx: InteractionContext, services: Services, *, body: bytes) ->
             raise precondition_failed(f"If-None-Exist '{condition}' matches several resources")
         if matches:
             existing = matches[0]
+            ctx.resource_id = existing.id
             ctx.audit.touch(existing.reference, patients=existing.compartment)
-            return write_response(ctx, existing, status=200)
-    resource["id"] = str(uuid.uuid4())
+            return Planned(None, existing)
+    resource.setdefault("id", str(uuid.uuid4()))
     ctx.resource_id = resource["id"]
-    return await _store_new(ctx, services, resource_type, resource)
+    return _plan_new(ctx, services, resource_type, resource)
 
 
-async def _store_new(
+def _plan_new(
     ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
-) -> FhirResponse:
-    await _ensure_may_write(
-        ctx,
-        services,
-        StoredResource.prospective(resource_type, resource, version=1, now=ctx.now),
-        interaction=Interaction.CREATE,
-    )
-
-    async def work(session: AsyncClientSession) -> tuple[StoredResource, int]:
+) -> Planned:
+    async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        await _ensure_may_write(
+            ctx,
+            services,
+            StoredResource.prospective(resource_type, resource, version=1, now=ctx.now),
+            interaction=Interaction.CREATE,
+        )
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
         if previous is not None and not previous.deleted:
             raise FhirError.of(409, "duplicate", f"{resource_type}/{resource['id']} already exists")
@@ -144,109 +157,80 @@ async def _store_new(
         ctx.audit.version_id = str(stored.version)
         return stored, 201
 
-    stored = await audited_write(services, ctx, work)
-    return write_response(ctx, stored, status=201)
+    return Planned(apply)
 
 
-# -- update ---------------------------------------------------------------------------------------
-
-
-async def update(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+async def plan_update(ctx: InteractionContext, services: Services, resource: dict[str, Any]) -> Planned:
     resource_type = _writable(ctx)
-    resource = _prepare(validate_or_raise(parse_resource_json(body), expected_type=resource_type))
     if ctx.resource_id is None:
-        return await _conditional_update(ctx, services, resource_type, resource)
+        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        if len(matches) > 1:
+            raise precondition_failed("The conditional update criteria match several resources")
+        if not matches:
+            resource.setdefault("id", str(uuid.uuid4()))
+            check_id(resource_type, resource["id"])
+            ctx.resource_id = resource["id"]
+            return _plan_new(ctx, services, resource_type, resource)
+        match = matches[0]
+        if resource.get("id") not in (None, match.id):
+            raise bad_request(
+                f"The resource id {resource.get('id')!r} differs from the matching resource",
+                expression=(f"{resource_type}.id",),
+            )
+        resource["id"] = match.id
+        ctx.resource_id = match.id
     check_id(resource_type, ctx.resource_id)
     if resource.get("id") != ctx.resource_id:
         raise bad_request(
             f"The resource id ({resource.get('id')!r}) must equal the id in the URL ({ctx.resource_id!r})",
             expression=(f"{resource_type}.id",),
         )
-    return await _replace(ctx, services, resource_type, resource)
 
-
-async def _conditional_update(
-    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
-) -> FhirResponse:
-    matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
-    if len(matches) > 1:
-        raise precondition_failed("The conditional update criteria match several resources")
-    if not matches:
-        resource.setdefault("id", str(uuid.uuid4()))
-        check_id(resource_type, resource["id"])
-        ctx.resource_id = resource["id"]
-        return await _store_new(ctx, services, resource_type, resource)
-    match = matches[0]
-    if resource.get("id") not in (None, match.id):
-        raise bad_request(
-            f"The resource id {resource.get('id')!r} differs from the matching resource",
-            expression=(f"{resource_type}.id",),
-        )
-    resource["id"] = match.id
-    ctx.resource_id = match.id
-    return await _replace(ctx, services, resource_type, resource)
-
-
-async def _replace(
-    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
-) -> FhirResponse:
-    async def work(session: AsyncClientSession) -> tuple[tuple[StoredResource, int], int]:
+    async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
         if previous is not None:
             await _ensure_may_see(ctx, services, previous)
         _check_if_match(ctx, previous)
         creating = previous is None or previous.deleted
         version = 1 if previous is None else previous.version + 1
-        prospective = StoredResource.prospective(resource_type, resource, version=version, now=ctx.now)
-        if previous is not None and not previous.deleted:
+        if not creating and previous is not None:
             await _ensure_may_write(ctx, services, previous, interaction=Interaction.UPDATE)
         await _ensure_may_write(
             ctx,
             services,
-            prospective,
+            StoredResource.prospective(resource_type, resource, version=version, now=ctx.now),
             interaction=Interaction.CREATE if creating else Interaction.UPDATE,
         )
         stored = await services.repository.save(
             resource_type, resource, previous=previous, now=ctx.now, session=session
         )
         ctx.audit.version_id = str(stored.version)
-        status = 201 if creating else 200
-        return (stored, status), status
+        return stored, 201 if creating else 200
 
-    stored, status = await audited_write(services, ctx, work)
-    return write_response(ctx, stored, status=status)
+    return Planned(apply)
 
 
-# -- patch ----------------------------------------------------------------------------------------
-
-
-async def patch(
-    ctx: InteractionContext, services: Services, *, body: bytes, content_type: str | None
-) -> FhirResponse:
+async def plan_patch(
+    ctx: InteractionContext, services: Services, operations: list[dict[str, Any]]
+) -> Planned:
     resource_type = _writable(ctx)
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media != JSON_PATCH:
-        raise FhirError.of(
-            415, "not-supported", f"PATCH needs Content-Type {JSON_PATCH}, not {media or 'none'}"
-        )
-    operations = _parse_patch(body)
     if ctx.resource_id is None:
         matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
-        if len(matches) != 1:
-            if not matches:
-                raise not_found(resource_type)
+        if not matches:
+            raise not_found(resource_type)
+        if len(matches) > 1:
             raise precondition_failed("The conditional patch criteria match several resources")
         ctx.resource_id = matches[0].id
     check_id(resource_type, ctx.resource_id)
     resource_id = ctx.resource_id
 
-    async def work(session: AsyncClientSession) -> tuple[StoredResource, int]:
+    async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
         previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
-        if previous is None or previous.resource is None:
-            if previous is not None:
-                await _ensure_may_see(ctx, services, previous)
+        if previous is None:
             raise not_found(resource_type, resource_id)
         await _ensure_may_see(ctx, services, previous)
+        if previous.resource is None:
+            raise gone(resource_type, resource_id)
         _check_if_match(ctx, previous)
         await _ensure_may_write(ctx, services, previous, interaction=Interaction.PATCH)
         patched = _apply_patch(previous.resource, operations)
@@ -268,11 +252,97 @@ async def patch(
         ctx.audit.version_id = str(stored.version)
         return stored, 200
 
-    stored = await audited_write(services, ctx, work)
-    return write_response(ctx, stored, status=200)
+    return Planned(apply)
 
 
-def _parse_patch(body: bytes) -> list[dict[str, Any]]:
+async def plan_delete(ctx: InteractionContext, services: Services) -> Planned:
+    resource_type = _writable(ctx)
+    if ctx.resource_id is None:
+        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        if not matches:
+            return Planned(None)
+        if len(matches) > 1:
+            raise precondition_failed("The conditional delete criteria match several resources")
+        ctx.resource_id = matches[0].id
+    check_id(resource_type, ctx.resource_id)
+    resource_id = ctx.resource_id
+
+    async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
+        if previous is None:
+            raise not_found(resource_type, resource_id)
+        await _ensure_may_see(ctx, services, previous)
+        if previous.deleted or previous.resource is None:
+            return None, 204
+        _check_if_match(ctx, previous)
+        await _ensure_may_write(ctx, services, previous, interaction=Interaction.DELETE)
+        stored = await services.repository.save(
+            resource_type, previous.resource, previous=previous, now=ctx.now, session=session, deleted=True
+        )
+        ctx.audit.version_id = str(stored.version)
+        return stored, 204
+
+    return Planned(apply)
+
+
+async def run_planned(ctx: InteractionContext, services: Services, planned: Planned) -> FhirResponse:
+    """Run one planned write with its AuditEvent in one transaction and render the answer."""
+    if planned.existing is not None:
+        return write_response(ctx, planned.existing, status=200)
+    apply = planned.apply
+    if apply is None:
+        return FhirResponse(204)
+
+    async def work(session: AsyncClientSession) -> tuple[tuple[StoredResource | None, int], int]:
+        stored, status = await apply(session)
+        return (stored, status), status
+
+    stored, status = await audited_write(services, ctx, work)
+    return render_write(ctx, stored, status)
+
+
+def render_write(ctx: InteractionContext, stored: StoredResource | None, status: int) -> FhirResponse:
+    if stored is None or stored.deleted:
+        return FhirResponse(status, None, {"ETag": stored.etag} if stored is not None else {})
+    return write_response(ctx, stored, status=status)
+
+
+# -- the HTTP-facing interactions ----------------------------------------------------------------
+
+
+def read_resource(ctx: InteractionContext, body: bytes) -> dict[str, Any]:
+    """The request body as a valid resource of the route's type, server-owned meta dropped (422/400)."""
+    return _prepare(validate_or_raise(parse_resource_json(body), expected_type=_writable(ctx)))
+
+
+async def create(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+    resource = read_resource(ctx, body)
+    resource.pop("id", None)
+    return await run_planned(ctx, services, await plan_create(ctx, services, resource))
+
+
+async def update(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+    resource = read_resource(ctx, body)
+    return await run_planned(ctx, services, await plan_update(ctx, services, resource))
+
+
+async def patch(
+    ctx: InteractionContext, services: Services, *, body: bytes, content_type: str | None
+) -> FhirResponse:
+    _writable(ctx)
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != JSON_PATCH:
+        raise FhirError.of(
+            415, "not-supported", f"PATCH needs Content-Type {JSON_PATCH}, not {media or 'none'}"
+        )
+    return await run_planned(ctx, services, await plan_patch(ctx, services, parse_patch(body)))
+
+
+async def delete(ctx: InteractionContext, services: Services) -> FhirResponse:
+    return await run_planned(ctx, services, await plan_delete(ctx, services))
+
+
+def parse_patch(body: bytes) -> list[dict[str, Any]]:
     try:
         operations = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -292,41 +362,6 @@ def _apply_patch(resource: dict[str, Any], operations: list[dict[str, Any]]) -> 
     if not isinstance(result, dict):
         raise FhirError.of(422, "processing", "The JSON Patch does not yield a resource")
     return result
-
-
-# -- delete ---------------------------------------------------------------------------------------
-
-
-async def delete(ctx: InteractionContext, services: Services) -> FhirResponse:
-    resource_type = _writable(ctx)
-    if ctx.resource_id is None:
-        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
-        if not matches:
-            return FhirResponse(204)
-        if len(matches) > 1:
-            raise precondition_failed("The conditional delete criteria match several resources")
-        ctx.resource_id = matches[0].id
-    check_id(resource_type, ctx.resource_id)
-    resource_id = ctx.resource_id
-
-    async def work(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
-        previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
-        if previous is None:
-            raise not_found(resource_type, resource_id)
-        await _ensure_may_see(ctx, services, previous)
-        if previous.deleted or previous.resource is None:
-            return None, 204
-        _check_if_match(ctx, previous)
-        await _ensure_may_write(ctx, services, previous, interaction=Interaction.DELETE)
-        stored = await services.repository.save(
-            resource_type, previous.resource, previous=previous, now=ctx.now, session=session, deleted=True
-        )
-        ctx.audit.version_id = str(stored.version)
-        return stored, 204
-
-    stored = await audited_write(services, ctx, work)
-    headers = {"ETag": stored.etag} if stored is not None else {}
-    return FhirResponse(204, None, headers)
 
 
 # -- helpers --------------------------------------------------------------------------------------
