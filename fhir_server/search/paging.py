@@ -127,3 +127,16 @@ def page_query(sort: SortSpec, cursor: Cursor | None) -> tuple[dict[str, Any], l
         reversed_sort = reverse_sort(sort)
         return after_filter(reversed_sort, cursor.values), reversed_sort
     return after_filter(sort, cursor.values), list(sort)
+
+
+def compare(sort: SortSpec, left: Sequence[Any], right: Sequence[Any]) -> int:
+    """-1, 0 or 1: the order of two documents' sort values as MongoDB sorts them (null lowest)."""
+    for (_, order), a, b in zip(sort, left, right, strict=True):
+        if a == b:
+            continue
+        if a is None:
+            return -order
+        if b is None:
+            return order
+        return order if a > b else -order
+    return 0
