@@ -16,7 +16,7 @@ from fhir_server.api.render import to_http
 from fhir_server.fhir.errors import FhirError
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import SUPPORTED_TYPES
-from fhir_server.interactions import capabilities, history, operations, read, search, write
+from fhir_server.interactions import capabilities, history, operations, read, search, transaction, write
 from fhir_server.interactions.context import InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import execute
 from fhir_server.interactions.response import FhirResponse
@@ -100,6 +100,11 @@ async def metadata(request: Request) -> Response:
     return await _run(
         request, Interaction.CAPABILITIES, capabilities.capability_statement, anonymous_allowed=True
     )
+
+
+@router.post("")
+async def bundle_route(request: Request) -> Response:
+    return await _run(request, Interaction.TRANSACTION, _with_body(request, transaction.process))
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")

@@ -38,6 +38,8 @@ class AuditTrail:
     version_id: str | None = None
     operation: str | None = None
     mhd_transaction: str | None = None
+    bundle: Interaction | None = None
+    """The batch or transaction this interaction is an entry of."""
     recorded: bool = False
 
     def touch(

@@ -111,6 +111,7 @@ def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) 
         server=ctx.request.base_url,
         operation=ctx.audit.operation,
         mhd_transaction=ctx.audit.mhd_transaction,
+        bundle=ctx.audit.bundle,
     )
 
 

@@ -1,0 +1,448 @@
+"""FHIR batch and transaction Bundles. https://hl7.org/fhir/R4/http.html#transaction
+
+A transaction is all-or-nothing: every write entry, its history entry and its AuditEvent, and the
+AuditEvent of the transaction itself, are committed in one MongoDB transaction; `urn:uuid` (and
+other local fullUrl) references are rewritten to the ids the server assigns; entries run in the
+order of the specification (DELETE, POST, PUT/PATCH, then GET), and the response has one entry per
+request entry, in request order. A refused entry refuses the whole Bundle, naming the entry.
+A batch runs each entry on its own, as if it were a request, and reports errors per entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from fhir_server.fhir.bundles import bundle as make_bundle
+from fhir_server.fhir.errors import FhirError, Issue, bad_request, unprocessable
+from fhir_server.fhir.interaction import Interaction
+from fhir_server.interactions import history, read, search
+from fhir_server.interactions.context import AuditTrail, InteractionContext, RequestMeta
+from fhir_server.interactions.pipeline import check_scope, error_response, record_audit
+from fhir_server.interactions.response import FhirResponse
+from fhir_server.interactions.services import Services
+from fhir_server.interactions.write import (
+    JSON_PATCH,
+    Planned,
+    plan_create,
+    plan_delete,
+    plan_patch,
+    plan_update,
+    render_write,
+    run_planned,
+)
+from fhir_server.storage.documents import StoredResource, instant
+from fhir_server.validation import parse_resource_json, validate_or_raise, validate_resource
+
+ERRORS = ("error", "fatal")
+ENTRY_EXPRESSION = re.compile(r"^Bundle\.entry\[(\d+)\]")
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+LOCAL_REFERENCE_PREFIXES = ("urn:uuid:", "urn:oid:")
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    resource: dict[str, Any] | None
+    full_url: str | None
+    ctx: InteractionContext
+    resource_type: str = ""
+    resource_id: str | None = None
+    version: str | None = None
+    query: str = ""
+    planned: Planned | None = None
+    result: FhirResponse | None = None
+    stored: StoredResource | None = None
+    extras: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def expression(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+async def process(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+    payload = parse_resource_json(body)
+    if payload.get("resourceType") != "Bundle":
+        raise bad_request(
+            "POST to the base URL takes a batch or transaction Bundle", expression=("resourceType",)
+        )
+    kind = payload.get("type")
+    ctx.interaction = Interaction.BATCH if kind == "batch" else Interaction.TRANSACTION
+    issues = [
+        issue for issue in validate_resource(payload, expected_type="Bundle") if issue.severity in ERRORS
+    ]
+    per_entry = _issues_by_entry(issues) if kind == "batch" else None
+    if per_entry is None:
+        if issues:
+            raise unprocessable(issues)
+        per_entry = {}
+    entries = [_entry(ctx, index, raw) for index, raw in enumerate(payload.get("entry") or [])]
+    if kind == "batch":
+        return await _batch(ctx, services, entries, per_entry)
+    return await _transaction(ctx, services, entries)
+
+
+def _issues_by_entry(issues: list[Issue]) -> dict[int, list[Issue]] | None:
+    """A batch's validation issues grouped by entry; None when one concerns the Bundle itself."""
+    grouped: dict[int, list[Issue]] = {}
+    for issue in issues:
+        match = ENTRY_EXPRESSION.match(issue.expression[0]) if issue.expression else None
+        if match is None:
+            return None
+        grouped.setdefault(int(match.group(1)), []).append(issue)
+    return grouped
+
+
+# -- parsing --------------------------------------------------------------------------------------
+
+
+def _entry(parent: InteractionContext, index: int, raw: dict[str, Any]) -> Entry:
+    request = raw.get("request") or {}
+    method = str(request.get("method", "")).upper()
+    url = _relative(str(request.get("url", "")), parent.request.base_url)
+    path, _, query = url.partition("?")
+    parts = [part for part in path.split("/") if part]
+    headers = {
+        name: str(request[key])
+        for key, name in (
+            ("ifMatch", "if-match"),
+            ("ifNoneExist", "if-none-exist"),
+            ("ifNoneMatch", "if-none-match"),
+        )
+        if request.get(key)
+    }
+    if parent.request.header("prefer"):
+        headers["prefer"] = str(parent.request.header("prefer"))
+    meta = RequestMeta(
+        method=method,
+        target=f"/fhir/{url}",
+        base_url=parent.request.base_url,
+        request_id=parent.request.request_id,
+        client_address=parent.request.client_address,
+        headers=headers,
+    )
+    resource_type = parts[0] if parts else ""
+    resource_id = parts[1] if len(parts) > 1 and not parts[1].startswith("_") else None
+    version = parts[3] if len(parts) == 4 and parts[2] == "_history" else None
+    interaction = _interaction(method, parts)
+    ctx = InteractionContext(
+        interaction=interaction,
+        resource_type=resource_type or None,
+        resource_id=resource_id,
+        request=meta,
+        now=parent.now,
+        principal=parent.principal,
+        audit=AuditTrail(bundle=parent.interaction),
+    )
+    return Entry(
+        index=index,
+        method=method,
+        url=url,
+        resource=raw.get("resource"),
+        full_url=raw.get("fullUrl"),
+        ctx=ctx,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        version=version,
+        query=query,
+    )
+
+
+def _relative(url: str, base_url: str) -> str:
+    if url.startswith(base_url + "/"):
+        return url[len(base_url) + 1 :]
+    if "://" in url:
+        path = urlsplit(url).path
+        marker = "/fhir/"
+        return path.split(marker, 1)[1] if marker in path else path.lstrip("/")
+    return url.lstrip("/")
+
+
+def _interaction(method: str, parts: list[str]) -> Interaction:
+    if method == "POST":
+        return Interaction.SEARCH_TYPE if parts[-1:] == ["_search"] else Interaction.CREATE
+    if method == "PUT":
+        return Interaction.UPDATE
+    if method == "PATCH":
+        return Interaction.PATCH
+    if method == "DELETE":
+        return Interaction.DELETE
+    if len(parts) >= 3 and parts[2] == "_history":
+        return Interaction.VREAD if len(parts) == 4 else Interaction.HISTORY_INSTANCE
+    if len(parts) == 2 and parts[1] == "_history":
+        return Interaction.HISTORY_TYPE
+    if len(parts) == 2:
+        return Interaction.READ
+    return Interaction.SEARCH_TYPE
+
+
+# -- transaction ----------------------------------------------------------------------------------
+
+
+async def _transaction(ctx: InteractionContext, services: Services, entries: list[Entry]) -> FhirResponse:
+    for entry in entries:
+        _guard_entry(entry, check_scope, entry.ctx)
+    references: dict[str, str] = {}
+    for entry in sorted(entries, key=lambda item: ORDER.get(item.method, 9)):
+        if entry.method in ("POST", "PUT") and entry.resource is not None:
+            await _guard_async(entry, _assign_identity(entry, services, references))
+    for entry in entries:
+        if entry.resource is not None:
+            _guard_entry(entry, _rewrite, entry, references)
+    for entry in entries:
+        if entry.method in ("POST", "PUT", "PATCH", "DELETE"):
+            entry.planned = await _guard_async(entry, _plan(entry, services))
+    writes = sorted(
+        (entry for entry in entries if entry.planned is not None), key=lambda item: ORDER.get(item.method, 9)
+    )
+
+    async def work(session: AsyncClientSession) -> tuple[None, int]:
+        for entry in writes:
+            planned = entry.planned
+            if planned is None or planned.apply is None:
+                continue
+            stored, status = await _guard_async(entry, planned.apply(session))
+            entry.stored = stored
+            entry.result = render_write(entry.ctx, stored, status)
+            await record_audit(services, entry.ctx, status, session=session)
+        for entry in writes:
+            _touch_parent(ctx, entry)
+        await record_audit(services, ctx, 200, session=session)
+        return None, 200
+
+    await services.repository.in_transaction(work)
+    ctx.audit.recorded = True
+    for entry in entries:
+        if entry.planned is not None and entry.planned.existing is not None:
+            entry.result = render_write(entry.ctx, entry.planned.existing, 200)
+        elif entry.planned is not None and entry.planned.apply is None and entry.result is None:
+            entry.result = FhirResponse(204)
+    for entry in entries:
+        if entry.method in ("GET", "HEAD") or entry.ctx.interaction == Interaction.SEARCH_TYPE:
+            entry.result = await _read_entry(entry, services)
+    return FhirResponse(
+        200,
+        make_bundle(
+            "transaction-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries]
+        ),
+    )
+
+
+def _touch_parent(ctx: InteractionContext, entry: Entry) -> None:
+    for reference in entry.ctx.audit.resources:
+        ctx.audit.touch(reference)
+    ctx.audit.patients.update(entry.ctx.audit.patients)
+
+
+async def _assign_identity(entry: Entry, services: Services, references: dict[str, str]) -> None:
+    """Resolve the id a POST or PUT entry will have, so references to its fullUrl can be rewritten."""
+    resource = entry.resource
+    if resource is None:
+        return
+    if resource.get("resourceType") != entry.resource_type:
+        raise bad_request(
+            f"The resource is a {resource.get('resourceType')}, the request URL names {entry.resource_type}",
+            expression=(f"{entry.expression}.resource.resourceType",),
+        )
+    if entry.method == "POST":
+        resource.pop("id", None)
+        planned = await plan_create(entry.ctx, services, resource)
+        entry.planned = planned
+        target = planned.existing.id if planned.existing is not None else resource["id"]
+    elif entry.resource_id is not None:
+        target = entry.resource_id
+    else:
+        planned = await plan_update(entry.ctx, services, resource)
+        entry.planned = planned
+        target = resource["id"]
+    if entry.full_url:
+        references[entry.full_url] = f"{entry.resource_type}/{target}"
+
+
+def _rewrite(entry: Entry, references: dict[str, str]) -> None:
+    resource = entry.resource
+    if resource is None:
+        return
+    for holder, key, value in _strings(resource):
+        if value in references:
+            holder[key] = references[value]
+        elif key in ("reference", "url") and value.startswith(LOCAL_REFERENCE_PREFIXES):
+            raise FhirError.of(
+                422,
+                "not-found",
+                f"Reference {value} does not resolve to any entry of this Bundle",
+                expression=(f"{entry.expression}.resource",),
+            )
+
+
+def _strings(value: Any) -> Iterator[tuple[Any, Any, str]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str):
+                yield value, key, item
+            else:
+                yield from _strings(item)
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            if isinstance(item, str):
+                yield value, position, item
+            else:
+                yield from _strings(item)
+
+
+async def _plan(entry: Entry, services: Services) -> Planned:
+    if entry.planned is not None:
+        return entry.planned
+    if entry.method in ("POST", "PUT"):
+        resource = entry.resource
+        if resource is None:
+            raise bad_request(
+                "A POST or PUT entry needs a resource", expression=(f"{entry.expression}.resource",)
+            )
+        validated = validate_or_raise(resource, expected_type=entry.resource_type)
+        return await (plan_create if entry.method == "POST" else plan_update)(entry.ctx, services, validated)
+    if entry.method == "PATCH":
+        return await plan_patch(entry.ctx, services, _patch_operations(entry))
+    return await plan_delete(entry.ctx, services)
+
+
+def _patch_operations(entry: Entry) -> list[dict[str, Any]]:
+    """A PATCH entry carries its JSON Patch as a Binary (http.html#patch, 'Patch using Transactions')."""
+    resource = entry.resource or {}
+    if resource.get("resourceType") != "Binary" or resource.get("contentType") != JSON_PATCH:
+        raise FhirError.of(
+            415,
+            "not-supported",
+            f"A PATCH entry needs a Binary with contentType {JSON_PATCH}",
+            expression=(f"{entry.expression}.resource",),
+        )
+    try:
+        operations = orjson.loads(base64.b64decode(resource.get("data") or ""))
+    except (ValueError, orjson.JSONDecodeError) as error:
+        raise bad_request(
+            "The PATCH entry's data is not a JSON Patch", expression=(entry.expression,)
+        ) from error
+    if not isinstance(operations, list):
+        raise bad_request("A JSON Patch is an array of operations", expression=(entry.expression,))
+    return operations
+
+
+async def _read_entry(entry: Entry, services: Services) -> FhirResponse:
+    """GET entries run as their own requests (and are audited as such), after the writes."""
+    try:
+        check_scope(entry.ctx)
+        if entry.ctx.interaction == Interaction.READ:
+            response = await read.read(entry.ctx, services)
+        elif entry.ctx.interaction == Interaction.VREAD:
+            response = await read.vread(entry.ctx, services, version=entry.version or "")
+        elif entry.ctx.interaction.is_history:
+            response = await history.history(entry.ctx, services)
+        else:
+            params = parse_qsl(entry.query, keep_blank_values=True)
+            response = await search.search_type(entry.ctx, services, params=params)
+    except FhirError as error:
+        response = error_response(error)
+    await record_audit(services, entry.ctx, response.status)
+    return response
+
+
+# -- batch ----------------------------------------------------------------------------------------
+
+
+async def _batch(
+    ctx: InteractionContext, services: Services, entries: list[Entry], invalid: dict[int, list[Issue]]
+) -> FhirResponse:
+    for entry in entries:
+        if entry.index in invalid:
+            error = unprocessable(invalid[entry.index])
+            entry.result = error_response(error)
+            await record_audit(services, entry.ctx, error.status, outcome_desc=error.message)
+        else:
+            entry.result = await _batch_entry(entry, services)
+        _touch_parent(ctx, entry)
+    return FhirResponse(
+        200, make_bundle("batch-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries])
+    )
+
+
+async def _batch_entry(entry: Entry, services: Services) -> FhirResponse:
+    if entry.method in ("GET", "HEAD") or entry.ctx.interaction == Interaction.SEARCH_TYPE:
+        return await _read_entry(entry, services)
+    try:
+        check_scope(entry.ctx)
+        if entry.resource is not None and entry.method == "POST":
+            entry.resource.pop("id", None)
+        if entry.resource is not None:
+            for _, key, value in _strings(entry.resource):
+                if key == "reference" and value.startswith(LOCAL_REFERENCE_PREFIXES):
+                    raise bad_request(
+                        f"Reference {value} cannot be resolved: batch entries are independent",
+                        expression=(f"{entry.expression}.resource",),
+                    )
+        response = await run_planned(entry.ctx, services, await _plan(entry, services))
+    except FhirError as error:
+        response = error_response(error)
+        if not entry.ctx.audit.recorded:
+            await record_audit(services, entry.ctx, response.status, outcome_desc=error.message)
+    return response
+
+
+# -- responses and errors -------------------------------------------------------------------------
+
+
+def _response_entry(entry: Entry) -> dict[str, Any]:
+    result = entry.result or FhirResponse(500)
+    response: dict[str, Any] = {"status": f"{result.status} {HTTPStatus(result.status).phrase}"}
+    headers = {key.lower(): value for key, value in result.headers.items()}
+    if "location" in headers:
+        response["location"] = headers["location"]
+    if "etag" in headers:
+        response["etag"] = headers["etag"]
+    if entry.stored is not None:
+        response["lastModified"] = instant(entry.stored.last_updated)
+    body: dict[str, Any] = {"response": {key: value for key, value in response.items() if value is not None}}
+    if entry.stored is not None and entry.stored.resource is not None:
+        body["fullUrl"] = f"{entry.ctx.request.base_url}/{entry.stored.reference}"
+    if result.body is not None:
+        if result.status >= 400 or result.body.get("resourceType") == "OperationOutcome":
+            body["response"]["outcome"] = result.body
+        else:
+            body["resource"] = result.body
+    return body
+
+
+def _named(entry: Entry, error: FhirError) -> FhirError:
+    issues = [
+        Issue(
+            issue.severity,
+            issue.code,
+            f"{entry.expression} ({entry.method} {entry.url}): {issue.diagnostics}",
+            issue.expression or (entry.expression,),
+        )
+        for issue in error.issues
+    ]
+    return FhirError(error.status, issues, error.headers)
+
+
+def _guard_entry(entry: Entry, step: Callable[..., None], *args: Any) -> None:
+    try:
+        step(*args)
+    except FhirError as error:
+        raise _named(entry, error) from error
+
+
+async def _guard_async(entry: Entry, awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except FhirError as error:
+        raise _named(entry, error) from error
