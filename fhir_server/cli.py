@@ -35,7 +35,9 @@ def token(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if settings.auth_jwks is not None:
-        message = "fhir-server token signs with the development key; the server trusts FHIR_AUTH_JWKS instead."
+        message = (
+            "fhir-server token signs with the development key; the server trusts FHIR_AUTH_JWKS instead."
+        )
         print(message, file=sys.stderr)
         return 2
     iua: dict[str, Any] = {}
