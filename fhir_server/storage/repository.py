@@ -10,6 +10,7 @@ https://hl7.org/fhir/R4/http.html
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -30,7 +31,8 @@ from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
 IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 T = TypeVar("T")
 
-TRANSACTION_ATTEMPTS = 5
+TRANSACTION_ATTEMPTS = 30
+"""Concurrent writes to one patient's record contend on its audit chain head: retry with jittered backoff."""
 LIVE: Mapping[str, Any] = {doc.DELETED: False}
 
 
@@ -65,7 +67,7 @@ class Repository:
                         "UnknownTransactionCommitResult"
                     )
                     if transient and attempt + 1 < TRANSACTION_ATTEMPTS:
-                        await asyncio.sleep(0.005 * (attempt + 1))
+                        await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                         continue
                     if isinstance(error, DuplicateKeyError):
                         raise conflict("A concurrent write created the same resource; retry") from error
