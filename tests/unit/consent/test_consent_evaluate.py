@@ -296,6 +296,10 @@ CRITERIA = {
         deny(provision=[permit(actor=[actor("Practitioner/a")]), deny(action=action("access"))]),
         (False, "Consent/c1#provision.provision[1]"),
     ),
+    "among matching permits the first names the decision": Case(
+        deny(provision=[permit(action=action("correct")), permit(actor=[actor("Practitioner/a")]), permit()]),
+        (True, "Consent/c1#provision.provision[1]"),
+    ),
     "the deepest matching provision decides": Case(
         permit(
             provision=[
