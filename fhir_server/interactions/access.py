@@ -1,7 +1,10 @@
-"""Where the interactions get their access guards: loads what the policy needs, then decides purely.
+"""Where the interactions get their access guards: load what the policy needs, then decide purely.
 
-The decision for clinical data is the consent evaluator's (consent/); this module does the I/O
-around it (loading the Consents of the patients concerned) so that consent/ stays pure.
+The decision is the consent evaluator's (consent/, no I/O). This module does the I/O around it:
+for the patients concerned it loads their Consents — on every request, with no cache, so a
+Consent created, changed or revoked is enforced on the very next request on every server instance
+(DESIGN I3). Consents are loaded whatever their status: applicability is the evaluator's decision.
+Groups named as actors are read from the Consent itself (contained); Group is not a stored type.
 """
 
 from __future__ import annotations
@@ -9,51 +12,92 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fhir_server.consent.model import Decision
+from fhir_server.consent import AccessRequest, ConsentGuard, ConsentPolicy, needs_consents
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.fhir.resources import CONSENT
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.settings import Settings
 from fhir_server.storage import documents as doc
-from fhir_server.storage.documents import StoredResource
-from fhir_server.storage.guard import NOTHING, AccessGuard, GuardProvider
+from fhir_server.storage.guard import AccessGuard, GuardProvider
 from fhir_server.storage.repository import Repository
 
-
-class CompartmentGuard:
-    """Scopes and the patient compartment: a `patient/` token sees its own compartment only."""
-
-    def __init__(self, ctx: InteractionContext) -> None:
-        self._principal = ctx.require_principal()
-
-    def query_filter(self, resource_type: str) -> Mapping[str, Any] | None:
-        if self._principal.is_patient:
-            return {doc.COMPARTMENT: self._principal.patient}
-        return {}
-
-    def decide(self, stored: StoredResource) -> Decision:
-        if self._principal.is_patient:
-            if self._principal.patient in stored.compartment:
-                return Decision.allow("patient-self")
-            return Decision.deny("outside-patient-compartment")
-        return Decision.allow("scope")
+ACTIVE_CONSENTS: Mapping[str, Any] = {f"{doc.INDEX}.status": "active"}
 
 
 class AccessControl:
     def __init__(self, repository: Repository, settings: Settings) -> None:
         self._repository = repository
-        self._settings = settings
+        self.policy = ConsentPolicy.from_settings(settings.consent_default, settings.break_glass_roles)
 
-    def provider(self, ctx: InteractionContext, *, interaction: Interaction | None = None) -> GuardProvider:
-        """Guards for `ctx`'s caller doing `interaction` (default: the context's own interaction)."""
-        return _Provider(ctx)
+    def provider(
+        self,
+        ctx: InteractionContext,
+        *,
+        interaction: Interaction | None = None,
+        identity_lookup: bool = False,
+    ) -> GuardProvider:
+        """Guards for `ctx`'s caller doing `interaction` (default: the context's own interaction).
+
+        `identity_lookup`: the request is an exact identifier search on Patient (the DMP existence
+        check), the one way a professional without consent may find a Patient.
+        """
+        return _ConsentGuards(
+            self._repository,
+            self.policy,
+            ctx,
+            interaction or ctx.interaction,
+            identity_lookup=identity_lookup,
+        )
 
 
-class _Provider:
-    def __init__(self, ctx: InteractionContext) -> None:
+class _ConsentGuards:
+    """One request's guards; consents loaded once per request and patient set, never across requests."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        policy: ConsentPolicy,
+        ctx: InteractionContext,
+        interaction: Interaction,
+        *,
+        identity_lookup: bool,
+    ) -> None:
+        self._repository = repository
+        self._policy = policy
         self._ctx = ctx
+        self._interaction = interaction
+        self._identity_lookup = identity_lookup
+        self._loaded: dict[tuple[str, ...] | None, dict[str, list[Mapping[str, Any]]]] = {}
 
     async def guard(self, resource_type: str, *, patients: Sequence[str] | None) -> AccessGuard:
-        return CompartmentGuard(self._ctx)
+        request = AccessRequest(
+            self._ctx.require_principal(), self._interaction, resource_type, self._ctx.now
+        )
+        key = None if patients is None else tuple(sorted(set(patients)))
+        if not needs_consents(request):
+            consents: dict[str, list[Mapping[str, Any]]] = {patient: [] for patient in key or ()}
+        else:
+            consents = await self._consents(key)
+        return ConsentGuard(
+            request,
+            consents,
+            policy=self._policy,
+            all_patients=patients is None,
+            identity_lookup=self._identity_lookup,
+        )
 
-
-__all__ = ["NOTHING", "AccessControl", "CompartmentGuard"]
+    async def _consents(self, patients: tuple[str, ...] | None) -> dict[str, list[Mapping[str, Any]]]:
+        if patients in self._loaded:
+            return self._loaded[patients]
+        if patients is None:
+            query: Mapping[str, Any] = ACTIVE_CONSENTS
+            grouped: dict[str, list[Mapping[str, Any]]] = {}
+        else:
+            query = {doc.COMPARTMENT: {"$in": list(patients)}}
+            grouped = {patient: [] for patient in patients}
+        for consent in await self._repository.policy_documents(CONSENT, query):
+            patient = doc.reference_id(consent.get("patient"), "Patient")
+            if patient is not None:
+                grouped.setdefault(patient, []).append(consent)
+        self._loaded[patients] = grouped
+        return grouped

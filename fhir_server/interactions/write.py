@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -95,6 +96,15 @@ async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: S
         raise not_found(stored.resource_type, stored.id)
 
 
+def _prospective(
+    services: Services, resource_type: str, resource: dict[str, Any], *, version: int, now: datetime
+) -> StoredResource:
+    """The version about to be written, with its search index, so consent decides on what will be stored."""
+    return StoredResource.prospective(
+        resource_type, resource, version=version, now=now, index=services.registry.extract(resource)
+    )
+
+
 def _check_if_match(ctx: InteractionContext, current: StoredResource | None) -> None:
     header = ctx.request.header("if-match")
     if header is None:
@@ -144,7 +154,7 @@ def _plan_new(
         await _ensure_may_write(
             ctx,
             services,
-            StoredResource.prospective(resource_type, resource, version=1, now=ctx.now),
+            _prospective(services, resource_type, resource, version=1, now=ctx.now),
             interaction=Interaction.CREATE,
         )
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
@@ -198,7 +208,7 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
         await _ensure_may_write(
             ctx,
             services,
-            StoredResource.prospective(resource_type, resource, version=version, now=ctx.now),
+            _prospective(services, resource_type, resource, version=version, now=ctx.now),
             interaction=Interaction.CREATE if creating else Interaction.UPDATE,
         )
         stored = await services.repository.save(
@@ -242,8 +252,8 @@ async def plan_patch(
                 expression=(resource_type,),
             )
         patched = _prepare(validate_or_raise(patched, expected_type=resource_type))
-        prospective = StoredResource.prospective(
-            resource_type, patched, version=previous.version + 1, now=ctx.now
+        prospective = _prospective(
+            services, resource_type, patched, version=previous.version + 1, now=ctx.now
         )
         await _ensure_may_write(ctx, services, prospective, interaction=Interaction.PATCH)
         stored = await services.repository.save(

@@ -141,7 +141,13 @@ class StoredResource:
 
     @classmethod
     def prospective(
-        cls, resource_type: str, resource: dict[str, Any], *, version: int, now: datetime
+        cls,
+        resource_type: str,
+        resource: dict[str, Any],
+        *,
+        version: int,
+        now: datetime,
+        index: Mapping[str, Any],
     ) -> StoredResource:
         """A version about to be written, so that access can be decided before anything is stored."""
         return cls(
@@ -153,7 +159,7 @@ class StoredResource:
             resource=resource,
             compartment=tuple(compartment(resource)),
             security=tuple(security_labels(resource)),
-            index={},
+            index=index,
         )
 
     @property
