@@ -78,11 +78,14 @@ MEDECIN = (G15, "10")
 ROLES: dict[str, Role] = {
     role.name: role
     for role in (
-        Role(
-            "system", "conformance-platform", ("system/*.cruds",), client_id="conformance-platform"
-        ),
+        Role("system", "conformance-platform", ("system/*.cruds",), client_id="conformance-platform"),
         _professional(
-            "gp", "conf-gp-durand", "Dr Jeanne Durand", profession=MEDECIN, purpose="TREAT", npi="810001234567"
+            "gp",
+            "conf-gp-durand",
+            "Dr Jeanne Durand",
+            profession=MEDECIN,
+            purpose="TREAT",
+            npi="810001234567",
         ),
         _professional(
             "specialist",
@@ -93,19 +96,44 @@ ROLES: dict[str, Role] = {
             npi="810002345678",
         ),
         _professional(
-            "stranger", "conf-stranger-roux", "Dr Henri Roux", profession=MEDECIN, purpose="TREAT", npi="810003456789"
+            "stranger",
+            "conf-stranger-roux",
+            "Dr Henri Roux",
+            profession=MEDECIN,
+            purpose="TREAT",
+            npi="810003456789",
         ),
         _professional(
-            "osteopath", "conf-osteo-bernard", "Lucie Bernard", profession=(R95, "71"), purpose="TREAT", npi="810004567890"
+            "osteopath",
+            "conf-osteo-bernard",
+            "Lucie Bernard",
+            profession=(R95, "71"),
+            purpose="TREAT",
+            npi="810004567890",
         ),
         _professional(
-            "emergency", "conf-urg-haddad", "Dr Samir Haddad", profession=MEDECIN, purpose="TREAT", npi="810005678901"
+            "emergency",
+            "conf-urg-haddad",
+            "Dr Samir Haddad",
+            profession=MEDECIN,
+            purpose="TREAT",
+            npi="810005678901",
         ),
         _professional(
-            "emergency_btg", "conf-urg-haddad", "Dr Samir Haddad", profession=MEDECIN, purpose="BTG", npi="810005678901"
+            "emergency_btg",
+            "conf-urg-haddad",
+            "Dr Samir Haddad",
+            profession=MEDECIN,
+            purpose="BTG",
+            npi="810005678901",
         ),
         _professional(
-            "nurse_btg", "conf-ide-petit", "Anne Petit", profession=(G15, "60"), purpose="BTG", npi="810006789012"
+            "nurse_btg",
+            "conf-ide-petit",
+            "Anne Petit",
+            profession=(G15, "60"),
+            purpose="BTG",
+            npi="810006789012",
         ),
         Role("reader", "conformance-reader", ("user/Patient.rs",), fhir_user="Practitioner/conf-reader"),
     )
@@ -249,7 +277,8 @@ def _text(content: bytes) -> str:
 
 def _redacted(headers: httpx.Headers) -> tuple[tuple[str, str], ...]:
     return tuple(
-        (name, value[:20] + "…" if name.lower() == "authorization" else value) for name, value in headers.items()
+        (name, value[:20] + "…" if name.lower() == "authorization" else value)
+        for name, value in headers.items()
     )
 
 
@@ -275,9 +304,7 @@ class Fhir:
     def __init__(self, base_url: str, tokens: TokenSource, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
-        self.http = httpx.Client(
-            base_url=self.base_url, timeout=timeout, event_hooks={"response": [_record]}
-        )
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, event_hooks={"response": [_record]})
 
     def close(self) -> None:
         self.http.close()
@@ -317,7 +344,9 @@ class Fhir:
     def put(self, path: str, body: Any, *, who: str | None, **kwargs: Any) -> httpx.Response:
         return self.request("PUT", path, who=who, json_body=body, **kwargs)
 
-    def patch(self, path: str, operations: list[dict[str, Any]], *, who: str | None, **kwargs: Any) -> httpx.Response:
+    def patch(
+        self, path: str, operations: list[dict[str, Any]], *, who: str | None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("PATCH", path, who=who, json_body=operations, content_type=JSON_PATCH, **kwargs)
 
     def delete(self, path: str, *, who: str | None, **kwargs: Any) -> httpx.Response:
@@ -326,7 +355,9 @@ class Fhir:
     def search(self, path: str, params: Any, *, who: str | None, **kwargs: Any) -> dict[str, Any]:
         """A search that must succeed: the searchset Bundle."""
         response = self.get(path, who=who, params=params, **kwargs)
-        assert response.status_code == 200, f"search {path} {params}: {response.status_code} {response.text[:300]}"
+        assert response.status_code == 200, (
+            f"search {path} {params}: {response.status_code} {response.text[:300]}"
+        )
         bundle = response.json()
         assert bundle.get("resourceType") == "Bundle" and bundle.get("type") == "searchset", bundle
         return dict(bundle)
@@ -403,7 +434,9 @@ def document_resource(
     if author:
         resource["author"] = [{"reference": author}]
     if labels:
-        resource["securityLabel"] = [{"coding": [{"system": system, "code": code}]} for system, code in labels]
+        resource["securityLabel"] = [
+            {"coding": [{"system": system, "code": code}]} for system, code in labels
+        ]
     return resource
 
 
@@ -417,7 +450,9 @@ def consent_resource(patient: str, provision: dict[str, Any], *, status: str = "
         "resourceType": "Consent",
         "status": status,
         "scope": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+            ]
         },
         "category": [{"coding": [{"system": LOINC, "code": "59284-0"}]}],
         "patient": {"reference": f"Patient/{patient}"},
@@ -443,7 +478,9 @@ class Record:
         else:
             resource = {**patient_resource(family=family), "id": patient_id}
             response = fhir.put(f"Patient/{patient_id}", resource, who="system")
-            assert response.status_code in (200, 201), f"preparing Patient/{patient_id}: {response.text[:300]}"
+            assert response.status_code in (200, 201), (
+                f"preparing Patient/{patient_id}: {response.text[:300]}"
+            )
             self.patient_id = patient_id
         self.patient = response.json()
         self.consents: list[str] = []
@@ -460,7 +497,9 @@ class Record:
         response = self.as_patient(
             "POST", "Consent", json_body=consent_resource(self.patient_id, provision, status=status)
         )
-        assert response.status_code == 201, f"the patient records a Consent: {response.status_code} {response.text[:300]}"
+        assert response.status_code == 201, (
+            f"the patient records a Consent: {response.status_code} {response.text[:300]}"
+        )
         consent_id = str(response.json()["id"])
         self.consents.append(consent_id)
         return consent_id
@@ -470,8 +509,12 @@ class Record:
 
     def document(self, *, by: str = "gp", **kwargs: Any) -> dict[str, Any]:
         author = ROLES[by].fhir_user
-        response = self.fhir.post("DocumentReference", document_resource(self.patient_id, author=author, **kwargs), who=by)
-        assert response.status_code == 201, f"{by} files a document: {response.status_code} {response.text[:300]}"
+        response = self.fhir.post(
+            "DocumentReference", document_resource(self.patient_id, author=author, **kwargs), who=by
+        )
+        assert response.status_code == 201, (
+            f"{by} files a document: {response.status_code} {response.text[:300]}"
+        )
         created = dict(response.json())
         self.documents.append((by, str(created["id"])))
         return created

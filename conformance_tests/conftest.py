@@ -24,8 +24,8 @@ from conformance_harness import (
     CommandSource,
     DevKeySource,
     Exchange,
-    FileSource,
     Fhir,
+    FileSource,
     MissingToken,
     Record,
     TokenSource,
@@ -35,12 +35,15 @@ from conformance_harness import (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "FHIR conformance suite")
-    group.addoption("--base-url", default=os.environ.get("FHIR_CONFORMANCE_BASE_URL"), help="FHIR R4 base URL")
+    group.addoption(
+        "--base-url", default=os.environ.get("FHIR_CONFORMANCE_BASE_URL"), help="FHIR R4 base URL"
+    )
     group.addoption("--dev-key-dir", help="mint tokens with the development key of this FHIR_DATA_DIR")
     group.addoption("--tokens-file", help="JSON file: role -> token (patient: {id, token})")
     group.addoption(
         "--token-command",
-        help="command printing a token; {role} {patient} {sub} {fhir_user} {scopes} {profession} {purpose} {npi}",
+        help="command printing a token, with {role} {patient} {sub} {fhir_user} {scopes} {profession} "
+        "{purpose} {npi} substituted",
     )
     group.addoption("--audience", help="aud of minted tokens (default: the base URL)")
     group.addoption("--report-dir", help="write junit.xml and report.html here")
@@ -83,7 +86,9 @@ CAPABILITY = pytest.StashKey[dict[str, Any]]()
 def _capability(config: pytest.Config) -> dict[str, Any]:
     if CAPABILITY not in config.stash:
         try:
-            response = httpx.get(f"{_base_url(config)}/metadata", headers={"Accept": "application/fhir+json"}, timeout=30)
+            response = httpx.get(
+                f"{_base_url(config)}/metadata", headers={"Accept": "application/fhir+json"}, timeout=30
+            )
             config.stash[CAPABILITY] = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
             config.stash[CAPABILITY] = {}
@@ -95,14 +100,18 @@ def _server_rest(statement: dict[str, Any]) -> dict[str, Any]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not {"declared_interaction", "declared_search", "declared_system_interaction"} & set(metafunc.fixturenames):
+    if not {"declared_interaction", "declared_search", "declared_system_interaction"} & set(
+        metafunc.fixturenames
+    ):
         return
     rest = _server_rest(_capability(metafunc.config))
     resources = rest.get("resource") or []
     if "declared_interaction" in metafunc.fixturenames:
         cases = [(r["type"], i["code"]) for r in resources for i in r.get("interaction") or []]
         metafunc.parametrize(
-            "declared_interaction", cases or [("<none>", "<none>")], ids=[f"{t}-{c}" for t, c in cases] or ["none"]
+            "declared_interaction",
+            cases or [("<none>", "<none>")],
+            ids=[f"{t}-{c}" for t, c in cases] or ["none"],
         )
     if "declared_search" in metafunc.fixturenames:
         cases = [(r["type"], p["name"], p["type"]) for r in resources for p in r.get("searchParam") or []]
@@ -141,7 +150,9 @@ def fhir(base_url: str, tokens: TokenSource) -> Iterator[Fhir]:
 @pytest.fixture(scope="session")
 def capability(pytestconfig: pytest.Config) -> dict[str, Any]:
     statement = _capability(pytestconfig)
-    assert statement.get("resourceType") == "CapabilityStatement", "GET [base]/metadata gave no CapabilityStatement"
+    assert statement.get("resourceType") == "CapabilityStatement", (
+        "GET [base]/metadata gave no CapabilityStatement"
+    )
     return statement
 
 
@@ -234,7 +245,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
-table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;width:100%}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 .passed{color:#176b2c;font-weight:600}.failed{color:#b3261e;font-weight:600}.skipped{color:#8a6d00}
 pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;word-break:break-all;font-size:12px}
 details{margin:.5em 0 1.5em}summary{cursor:pointer}
@@ -248,13 +260,15 @@ def _status(counts: dict[str, int]) -> str:
 
 
 def _exchange_html(index: int, exchange: Exchange) -> str:
+    method, url = html.escape(exchange.method), html.escape(exchange.url)
     request_headers = "\n".join(f"{name}: {value}" for name, value in exchange.request_headers)
     response_headers = "\n".join(f"{name}: {value}" for name, value in exchange.response_headers)
     return (
-        f"<h4>Exchange {index}: {html.escape(exchange.method)} {html.escape(exchange.url)} → {exchange.status}</h4>"
-        f"<pre>{html.escape(exchange.method)} {html.escape(exchange.url)}\n{html.escape(request_headers)}\n\n"
+        f"<h4>Exchange {index}: {method} {url} → {exchange.status}</h4>"
+        f"<pre>{method} {url}\n{html.escape(request_headers)}\n\n"
         f"{html.escape(exchange.request_body)}</pre>"
-        f"<pre>HTTP {exchange.status}\n{html.escape(response_headers)}\n\n{html.escape(exchange.response_body)}</pre>"
+        f"<pre>HTTP {exchange.status}\n{html.escape(response_headers)}\n\n"
+        f"{html.escape(exchange.response_body)}</pre>"
     )
 
 
@@ -281,7 +295,9 @@ def render_html(results: list[CaseResult], *, base_url: str) -> str:
             if area is not None:
                 parts.append("</table>")
             area = result_area
-            parts.append(f"<h2>{html.escape(area)}</h2><table><tr><th>Requirement</th><th>Cases</th><th>Result</th></tr>")
+            parts.append(
+                f"<h2>{html.escape(area)}</h2><table><tr><th>Requirement</th><th>Cases</th><th>Result</th></tr>"
+            )
         status = _status(counts)
         detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         parts.append(
@@ -293,7 +309,9 @@ def render_html(results: list[CaseResult], *, base_url: str) -> str:
     parts.append(f"<h2>Failures ({len(failures)})</h2>")
     for result in failures:
         parts.append(f"<details><summary class='failed'>{html.escape(result.nodeid)}</summary>")
-        parts.append(f"<p>{html.escape(result.requirement)}</p><pre>{html.escape(result.message[-8000:])}</pre>")
+        parts.append(
+            f"<p>{html.escape(result.requirement)}</p><pre>{html.escape(result.message[-8000:])}</pre>"
+        )
         for index, exchange in enumerate(result.exchanges[-12:], start=1):
             parts.append(_exchange_html(index, exchange))
         parts.append("</details>")

@@ -48,7 +48,12 @@ def _submission_set(record: Record) -> dict[str, Any]:
         "status": "current",
         "mode": "working",
         "code": {
-            "coding": [{"system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes", "code": "submissionset"}]
+            "coding": [
+                {
+                    "system": "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+                    "code": "submissionset",
+                }
+            ]
         },
         "subject": {"reference": record.reference},
         "date": "2026-09-14T10:20:00+02:00",
@@ -73,7 +78,10 @@ KITS: dict[str, Kit] = {
         "patient",
         lambda record: consent_resource(
             record.patient_id,
-            {"type": "deny", "actor": [{"role": IRCP, "reference": {"reference": "Practitioner/conf-nobody"}}]},
+            {
+                "type": "deny",
+                "actor": [{"role": IRCP, "reference": {"reference": "Practitioner/conf-nobody"}}],
+            },
         ),
         ({"op": "replace", "path": "/dateTime", "value": "2026-09-02T09:00:00+02:00"},),
     ),
@@ -112,7 +120,9 @@ class Exerciser:
     def existing(self) -> dict[str, Any]:
         """A resource of the type: created by the writer, or the newest the reader can find."""
         if self.kit.build is None:
-            response = self.call(self.kit.reader, "GET", self.type, params={"_count": "1", "patient": self.record.reference})
+            response = self.call(
+                self.kit.reader, "GET", self.type, params={"_count": "1", "patient": self.record.reference}
+            )
             assert response.status_code == 200, response.text[:300]
             found = entries(response.json())
             assert found, f"no {self.type} is visible to {self.kit.reader} to exercise"
@@ -122,7 +132,9 @@ class Exerciser:
     def create(self) -> dict[str, Any]:
         assert self.kit.build is not None, f"{self.type} declares create but is written by the server"
         response = self.call(self.kit.writer, "POST", self.type, json_body=self.kit.build(self.record))
-        assert response.status_code == 201, f"create {self.type}: {response.status_code} {response.text[:400]}"
+        assert response.status_code == 201, (
+            f"create {self.type}: {response.status_code} {response.text[:400]}"
+        )
         assert response.headers.get("location"), "201 Created carries a Location header"
         assert response.headers.get("etag", "").startswith('W/"'), "a weak ETag carries the version"
         created = response.json()
@@ -251,7 +263,9 @@ def test_declared_search_parameter_is_served(
         pytest.skip(f"no generic value for a {parameter_type} parameter")
     reader = KITS[resource_type].reader if resource_type in KITS else "system"
     response = fhir.get(resource_type, who=reader, patient=shared_record.patient_id, params={name: value})
-    assert response.status_code == 200, f"{resource_type}?{name}={value}: {response.status_code} {response.text[:400]}"
+    assert response.status_code == 200, (
+        f"{resource_type}?{name}={value}: {response.status_code} {response.text[:400]}"
+    )
     bundle = response.json()
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
     warnings = [
@@ -297,7 +311,9 @@ def test_declared_system_interaction_is_served(
         response = fhir.get("_history", who="system", params={"_count": "5"})
         assert response.status_code == 200 and response.json()["type"] == "history", response.text[:300]
     elif declared_system_interaction == "search-system":
-        response = fhir.get(fhir.base_url, who="system", params={"_type": "Patient", "_id": shared_record.patient_id})
+        response = fhir.get(
+            fhir.base_url, who="system", params={"_type": "Patient", "_id": shared_record.patient_id}
+        )
         assert response.status_code == 200 and response.json()["type"] == "searchset", response.text[:300]
     else:
         pytest.fail(f"the server declares {declared_system_interaction!r}, which this suite cannot exercise")
