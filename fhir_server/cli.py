@@ -1,4 +1,4 @@
-"""`fhir-server serve|token|audit` — the command line of DESIGN §6."""
+"""`fhir-server serve|token|audit|demo|import` — the command line of DESIGN §6."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fhir_server.settings import Settings
@@ -86,6 +87,44 @@ def audit_verify(args: argparse.Namespace) -> int:
     return run_verify(uri, settings.database)
 
 
+def _dev_key_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir) if args.data_dir else Settings().data_dir
+
+
+def demo(args: argparse.Namespace) -> int:
+    from fhir_server.demo import local_server, run_demo
+
+    if args.base_url:
+        return run_demo(args.base_url, _dev_key_dir(args), out=sys.stdout, audience=args.audience)
+    print("Starting fhir-server on the embedded database in a temporary directory...", file=sys.stderr)
+    with local_server() as server:
+        return run_demo(server.base_url, server.data_dir, out=sys.stdout)
+
+
+def import_files(args: argparse.Namespace) -> int:
+    from fhir_server.auth.devkeys import mint_token
+    from fhir_server.importer import run_import
+
+    base_url = args.base_url.rstrip("/")
+    token_value = args.token or mint_token(
+        _dev_key_dir(args),
+        audience=args.audience or base_url,
+        subject="fhir-server-import",
+        scopes=["system/*.cruds"],
+        client_id="fhir-server-import",
+    )
+    paths = [Path(name) for name in args.files]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        print(f"no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    summary = run_import(
+        paths, base_url=base_url, token=token_value, progress=sys.stderr, batch_size=args.batch_size
+    )
+    print(summary.render())
+    return 0 if summary.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--uri", help="MongoDB URI (default FHIR_MONGODB_URI or the embedded database)"
     )
     verify_parser.set_defaults(run=audit_verify)
+
+    demo_parser = commands.add_parser("demo", help="play the consent and audit story step by step")
+    demo_parser.add_argument(
+        "--base-url", help="a running server (default: start one on the embedded database in a temp dir)"
+    )
+    demo_parser.add_argument("--data-dir", help="that server's FHIR_DATA_DIR, for its development key")
+    demo_parser.add_argument("--audience", help="aud of the minted tokens (default: the base URL)")
+    demo_parser.set_defaults(run=demo)
+
+    import_parser = commands.add_parser("import", help="load NDJSON files or Bundles into a server")
+    import_parser.add_argument(
+        "files", nargs="+", help=".ndjson files, or Bundles (batch, transaction, collection)"
+    )
+    import_parser.add_argument("--base-url", default="http://127.0.0.1:8080/fhir")
+    import_parser.add_argument("--token", help="bearer token (default: minted with the development key)")
+    import_parser.add_argument("--data-dir", help="the server's FHIR_DATA_DIR, for its development key")
+    import_parser.add_argument("--audience", help="aud of the minted token (default: the base URL)")
+    import_parser.add_argument("--batch-size", type=int, default=100, help="resources per batch Bundle")
+    import_parser.set_defaults(run=import_files)
     return parser
 
 
