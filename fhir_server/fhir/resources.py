@@ -4,10 +4,12 @@ PATIENT = "Patient"
 DOCUMENT_REFERENCE = "DocumentReference"
 CONSENT = "Consent"
 BINARY = "Binary"
+LIST = "List"
 AUDIT_EVENT = "AuditEvent"
 
-SUPPORTED_TYPES: tuple[str, ...] = (PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY, AUDIT_EVENT)
-"""Every type with a collection, a CapabilityStatement entry and routes."""
+SUPPORTED_TYPES: tuple[str, ...] = (PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY, LIST, AUDIT_EVENT)
+"""Every type with a collection, a CapabilityStatement entry and routes. List holds the IHE MHD
+SubmissionSets and Folders (ITI-65, ITI-66)."""
 
-CLIENT_WRITABLE_TYPES: frozenset[str] = frozenset({PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY})
+CLIENT_WRITABLE_TYPES: frozenset[str] = frozenset({PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY, LIST})
 """AuditEvent is written by the server only (append-only through the API: 405)."""

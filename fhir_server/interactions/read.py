@@ -1,18 +1,26 @@
-"""FHIR read and vread. https://hl7.org/fhir/R4/http.html#read https://hl7.org/fhir/R4/http.html#vread"""
+"""FHIR read and vread. https://hl7.org/fhir/R4/http.html#read https://hl7.org/fhir/R4/http.html#vread
+
+A Binary read is IHE MHD ITI-68 Retrieve Document: decided by the DocumentReferences that point to
+the Binary and served as raw content or FHIR JSON (interactions/binary.py), audited with the
+`urn:ihe:event-type-code#ITI-68` subtype.
+"""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, not_found
 from fhir_server.fhir.resources import BINARY
+from fhir_server.interactions import binary
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.render import resource_response
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.storage.documents import StoredResource
+from fhir_server.storage.guard import GuardProvider
+
+RETRIEVE_DOCUMENT = "ITI-68"
 
 
 def observer(ctx: InteractionContext) -> Callable[[StoredResource, Decision], None]:
@@ -27,10 +35,10 @@ def observer(ctx: InteractionContext) -> Callable[[StoredResource, Decision], No
 async def read(ctx: InteractionContext, services: Services) -> FhirResponse:
     resource_type, resource_id = _target(ctx)
     stored = await services.repository.read(
-        resource_type, resource_id, access=services.access.provider(ctx), observe=observer(ctx)
+        resource_type, resource_id, access=_access(ctx, services), observe=observer(ctx)
     )
     ctx.audit.version_id = str(stored.version)
-    return _answer(ctx, stored)
+    return await _answer(ctx, services, stored)
 
 
 async def vread(ctx: InteractionContext, services: Services, *, version: str) -> FhirResponse:
@@ -41,7 +49,7 @@ async def vread(ctx: InteractionContext, services: Services, *, version: str) ->
         resource_type,
         resource_id,
         version=int(version),
-        access=services.access.provider(ctx),
+        access=_access(ctx, services),
         observe=observer(ctx),
     )
     ctx.audit.version_id = str(stored.version)
@@ -49,25 +57,21 @@ async def vread(ctx: InteractionContext, services: Services, *, version: str) ->
         raise FhirError.of(
             410, "deleted", f"Version {version} of {resource_type}/{resource_id} is a deletion"
         )
-    return _answer(ctx, stored)
+    return await _answer(ctx, services, stored)
 
 
-def _answer(ctx: InteractionContext, stored: StoredResource) -> FhirResponse:
-    if stored.resource_type == BINARY and stored.resource is not None and _wants_raw(ctx):
-        content_type = str(stored.resource.get("contentType") or "application/octet-stream")
-        data = base64.b64decode(stored.resource.get("data") or "")
-        response = resource_response(stored, status=200)
-        return FhirResponse(200, None, response.headers, raw=data, content_type=content_type)
+def _access(ctx: InteractionContext, services: Services) -> GuardProvider:
+    resource_type, resource_id = _target(ctx)
+    if resource_type == BINARY:
+        ctx.audit.mhd_transaction = RETRIEVE_DOCUMENT
+        return binary.DocumentBoundAccess(ctx, services, resource_id)
+    return services.access.provider(ctx)
+
+
+async def _answer(ctx: InteractionContext, services: Services, stored: StoredResource) -> FhirResponse:
+    if stored.resource_type == BINARY:
+        return await binary.render(ctx, services, stored)
     return resource_response(stored, status=200)
-
-
-def _wants_raw(ctx: InteractionContext) -> bool:
-    """ITI-68: a client that does not ask for FHIR JSON gets the document's own bytes."""
-    accept = (ctx.request.header("accept") or "").lower()
-    query_format = ctx.request.target.partition("?")[2]
-    if "_format=" in query_format:
-        return False
-    return bool(accept) and "json" not in accept and "*/*" not in accept
 
 
 def _target(ctx: InteractionContext) -> tuple[str, str]:

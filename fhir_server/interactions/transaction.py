@@ -6,6 +6,10 @@ other local fullUrl) references are rewritten to the ids the server assigns; ent
 order of the specification (DELETE, POST, PUT/PATCH, then GET), and the response has one entry per
 request entry, in request order. A refused entry refuses the whole Bundle, naming the entry.
 A batch runs each entry on its own, as if it were a request, and reports errors per entry.
+A transaction that is an IHE MHD ITI-65 Provide Document Bundle is also checked as one
+(interactions/mhd.py) and audited with its `urn:ihe:event-type-code#ITI-65` subtype; replaced
+DocumentReferences are superseded in the same transaction; large Binary content is uploaded to
+GridFS before the transaction and committed with it (storage/binaries.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from fhir_server.fhir.bundles import bundle as make_bundle
 from fhir_server.fhir.errors import FhirError, Issue, bad_request, unprocessable
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.interactions import history, read, search
+from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE
+from fhir_server.interactions import history, mhd, read, search
 from fhir_server.interactions.context import AuditTrail, InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import check_scope, error_response, record_audit
 from fhir_server.interactions.response import FhirResponse
@@ -39,6 +44,7 @@ from fhir_server.interactions.write import (
     render_write,
     run_planned,
 )
+from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource, instant
 from fhir_server.validation import parse_resource_json, validate_or_raise, validate_resource
 
@@ -89,7 +95,11 @@ async def process(ctx: InteractionContext, services: Services, *, body: bytes) -
     entries = [_entry(ctx, index, raw) for index, raw in enumerate(payload.get("entry") or [])]
     if kind == "batch":
         return await _batch(ctx, services, entries, per_entry)
-    return await _transaction(ctx, services, entries)
+    provide_bundle = mhd.is_provide_bundle(payload)
+    if provide_bundle:
+        ctx.audit.mhd_transaction = mhd.PROVIDE_DOCUMENT_BUNDLE
+    async with services.repository.binaries.staging(ctx.now) as staging:
+        return await _transaction(ctx, services, entries, staging, provide_bundle=provide_bundle)
 
 
 def _issues_by_entry(issues: list[Issue]) -> dict[int, list[Issue]] | None:
@@ -123,6 +133,7 @@ def _entry(parent: InteractionContext, index: int, raw: dict[str, Any]) -> Entry
     }
     if parent.request.header("prefer"):
         headers["prefer"] = str(parent.request.header("prefer"))
+    headers["accept"] = "application/fhir+json"
     meta = RequestMeta(
         method=method,
         target=f"/fhir/{url}",
@@ -189,7 +200,14 @@ def _interaction(method: str, parts: list[str]) -> Interaction:
 # -- transaction ----------------------------------------------------------------------------------
 
 
-async def _transaction(ctx: InteractionContext, services: Services, entries: list[Entry]) -> FhirResponse:
+async def _transaction(
+    ctx: InteractionContext,
+    services: Services,
+    entries: list[Entry],
+    staging: Staging,
+    *,
+    provide_bundle: bool,
+) -> FhirResponse:
     for entry in entries:
         _guard_entry(entry, check_scope, entry.ctx)
     references: dict[str, str] = {}
@@ -199,11 +217,13 @@ async def _transaction(ctx: InteractionContext, services: Services, entries: lis
     for entry in entries:
         if entry.resource is not None:
             _guard_entry(entry, _rewrite, entry, references)
+    derived = await _check_documents(ctx, services, entries, staging, provide_bundle=provide_bundle)
     for entry in entries:
         if entry.method in ("POST", "PUT", "PATCH", "DELETE"):
             entry.planned = await _guard_async(entry, _plan(entry, services))
     writes = sorted(
-        (entry for entry in entries if entry.planned is not None), key=lambda item: ORDER.get(item.method, 9)
+        (entry for entry in [*entries, *derived] if entry.planned is not None),
+        key=lambda item: ORDER.get(item.method, 9),
     )
 
     async def work(session: AsyncClientSession) -> tuple[None, int]:
@@ -217,6 +237,7 @@ async def _transaction(ctx: InteractionContext, services: Services, entries: lis
             await record_audit(services, entry.ctx, status, session=session)
         for entry in writes:
             _touch_parent(ctx, entry)
+        await staging.commit(session)
         await record_audit(services, ctx, 200, session=session)
         return None, 200
 
@@ -236,6 +257,35 @@ async def _transaction(ctx: InteractionContext, services: Services, entries: lis
             "transaction-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries]
         ),
     )
+
+
+async def _check_documents(
+    ctx: InteractionContext,
+    services: Services,
+    entries: list[Entry],
+    staging: Staging,
+    *,
+    provide_bundle: bool,
+) -> list[Entry]:
+    """ITI-65 and attachment checks, large Binary content staged; the supersede entries to add."""
+    contents = mhd.binary_contents(entries)
+    mhd.check_attachments(entries, contents, base_url=ctx.request.base_url, provide_bundle=provide_bundle)
+    if provide_bundle:
+        mhd.check_provide_bundle(entries)
+    derived: list[Entry] = []
+    for replacement in mhd.replacements(entries):
+        raw = {"request": {"method": "PATCH", "url": f"{DOCUMENT_REFERENCE}/{replacement.target}"}}
+        entry = _entry(ctx, replacement.index, raw)
+        _guard_entry(entry, check_scope, entry.ctx)
+        entry.planned = await _guard_async(entry, plan_patch(entry.ctx, services, mhd.SUPERSEDE))
+        derived.append(entry)
+    for entry in entries:
+        if entry.method in mhd.WRITES and entry.resource_type == BINARY and entry.resource is not None:
+            reference = f"{BINARY}/{entry.resource.get('id') or entry.resource_id}"
+            if entry.resource_id is not None:
+                entry.resource.setdefault("id", entry.resource_id)
+            await _guard_async(entry, staging.offload(entry.resource, content=contents.get(reference)))
+    return derived
 
 
 def _touch_parent(ctx: InteractionContext, entry: Entry) -> None:

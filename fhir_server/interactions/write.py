@@ -40,6 +40,7 @@ from fhir_server.interactions.pipeline import audited_write
 from fhir_server.interactions.render import write_response
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
+from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource
 from fhir_server.validation import parse_resource_json, validate_or_raise
 
@@ -295,6 +296,21 @@ async def plan_delete(ctx: InteractionContext, services: Services) -> Planned:
     return Planned(apply)
 
 
+def with_content(planned: Planned, staging: Staging) -> Planned:
+    """The write, then the commit marker of the Binary content it uploaded, in the same transaction
+    (storage/binaries.py)."""
+    apply = planned.apply
+    if apply is None:
+        return planned
+
+    async def run(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        result = await apply(session)
+        await staging.commit(session)
+        return result
+
+    return Planned(run, planned.existing)
+
+
 async def run_planned(ctx: InteractionContext, services: Services, planned: Planned) -> FhirResponse:
     """Run one planned write with its AuditEvent in one transaction and render the answer."""
     if planned.existing is not None:
@@ -328,12 +344,22 @@ def read_resource(ctx: InteractionContext, body: bytes) -> dict[str, Any]:
 async def create(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
     resource = read_resource(ctx, body)
     resource.pop("id", None)
-    return await run_planned(ctx, services, await plan_create(ctx, services, resource))
+    return await _run_with_content(ctx, services, resource, await plan_create(ctx, services, resource))
 
 
 async def update(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
     resource = read_resource(ctx, body)
-    return await run_planned(ctx, services, await plan_update(ctx, services, resource))
+    return await _run_with_content(ctx, services, resource, await plan_update(ctx, services, resource))
+
+
+async def _run_with_content(
+    ctx: InteractionContext, services: Services, resource: dict[str, Any], planned: Planned
+) -> FhirResponse:
+    """Run a create or update; a large Binary content goes to GridFS first (storage/binaries.py)."""
+    async with services.repository.binaries.staging(ctx.now) as staging:
+        if planned.apply is not None:
+            await staging.offload(resource)
+        return await run_planned(ctx, services, with_content(planned, staging))
 
 
 async def patch(

@@ -25,6 +25,7 @@ from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
 from fhir_server.storage import documents as doc
+from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
 
@@ -41,6 +42,8 @@ class Repository:
         self.client = client
         self.database = database
         self._extract = extract
+        self.binaries = BinaryStore(database)
+        """Binary content too large to keep inline (GridFS), see storage/binaries.py."""
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -236,6 +239,14 @@ class Repository:
             {doc.ID: resource_id}, projection={doc.COMPARTMENT: 1}
         )
         return None if found is None else tuple(found.get(doc.COMPARTMENT) or ())
+
+    async def compartments_where(self, resource_type: str, query: Mapping[str, Any]) -> list[tuple[str, ...]]:
+        """The patient compartments of the live resources matching `query`: only to choose which
+        consents apply (the DocumentReferences that give access to a Binary)."""
+        cursor = self.database[resource_type].find(
+            {"$and": [LIVE, query]}, projection={doc.COMPARTMENT: 1, doc.ID: 0}
+        )
+        return [tuple(item.get(doc.COMPARTMENT) or ()) async for item in cursor]
 
     async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""
