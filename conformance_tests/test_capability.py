@@ -100,7 +100,7 @@ KITS: dict[str, Kit] = {
         "gp",
         "gp",
         _submission_set,
-        ({"op": "replace", "path": "/title", "value": "Lot de documents"},),
+        ({"op": "add", "path": "/title", "value": "Lot de documents"},),
     ),
     "AuditEvent": Kit("patient", "patient", None),
 }
