@@ -15,8 +15,11 @@ from typing import Any, Protocol
 from fhir_server.search.parse import Clause, HasClause, SearchRequest
 from fhir_server.search.registry import ANY_TYPE, SearchRegistry
 from fhir_server.search.types import TYPES
+from fhir_server.storage.filters import conjunction
 
 ID_FIELD = "_id"
+
+__all__ = ["ID_FIELD", "ChainResolver", "compile_filter", "compile_sort", "conjunction"]
 
 
 class ChainResolver(Protocol):
@@ -26,21 +29,6 @@ class ChainResolver(Protocol):
         """Distinct values of `field` (default: the ids) over the `resource_type` documents that
         match `query` AND what the caller may see."""
         ...
-
-
-def conjunction(conditions: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """AND of filters: merged into one document where their keys differ (planners index a flat
-    filter best), `$and` for the rest."""
-    merged: dict[str, Any] = {}
-    rest: list[Mapping[str, Any]] = []
-    for condition in conditions:
-        if condition.keys() & merged.keys() or "$and" in condition:
-            rest.append(condition)
-        else:
-            merged.update(condition)
-    if not rest:
-        return merged
-    return {"$and": [merged, *rest]} if merged else {"$and": rest}
 
 
 async def _clause_filter(

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from fhir_server.consent.model import Decision
 from fhir_server.storage.documents import StoredResource
+from fhir_server.storage.filters import conjunction
 
 NOTHING: Mapping[str, Any] = {"_id": {"$in": []}}
 """A filter that matches no document."""
@@ -39,7 +40,4 @@ def guarded_filter(guard: AccessGuard, resource_type: str, query: Mapping[str, A
     access = guard.query_filter(resource_type)
     if access is None:
         return NOTHING
-    parts = [part for part in (query, access) if part]
-    if not parts:
-        return {}
-    return parts[0] if len(parts) == 1 else {"$and": parts}
+    return conjunction([query, access])
