@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, operation_outcome
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import SUPPORTED_TYPES
+from fhir_server.fhir.resources import PATIENT, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
@@ -34,7 +34,7 @@ from fhir_server.search.paging import (
     page_query,
     sort_values,
 )
-from fhir_server.search.parse import Include, SearchRequest, parse_search
+from fhir_server.search.parse import Clause, Include, SearchRequest, parse_search
 from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.guard import GuardProvider
 
@@ -76,6 +76,8 @@ MANDATORY_ELEMENTS: Mapping[str, frozenset[str]] = {
 }
 """Top-level elements with a minimum cardinality of 1, kept whatever `_elements` asks."""
 ALWAYS_KEPT = frozenset({"resourceType", "id", "meta", "implicitRules"})
+ANCHOR_FIELDS = ("idx.patient", "idx.subject")
+"""Reference parameters whose Patient values confine a search to those patients' compartments."""
 
 
 class GuardedResolver:
@@ -118,6 +120,41 @@ def _index_values(stored: StoredResource, code: str) -> list[str]:
 def _document(stored: StoredResource) -> dict[str, Any]:
     """The stored-document fields a sort can name, for cursor values."""
     return {"_id": stored.id, "lu": stored.last_updated, "idx": stored.index}
+
+
+def is_identity_lookup(request: SearchRequest) -> bool:
+    """`Patient?identifier=system|value` and nothing else: the DMP existence check (DESIGN §8), the
+    one way a professional without a permitting consent may find a Patient."""
+    if request.resource_type != PATIENT or request.includes or len(request.clauses) != 1:
+        return False
+    clause = request.clauses[0]
+    if (
+        not isinstance(clause, Clause)
+        or clause.parameter.code != "identifier"
+        or clause.modifier
+        or clause.chain
+    ):
+        return False
+    return all(
+        isinstance(value, str) and all(part for part in value.split("|", 1)) and "|" in value
+        for value in clause.values
+    )
+
+
+def anchored_patients(resource_type: str, criteria: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The patients a search is confined to by its own criteria (`patient=`, `subject=Patient/..`,
+    `Patient?_id=`), so that only their Consents are loaded; None when the search spans any patient."""
+    fields = (ID_FIELD,) if resource_type == PATIENT else ANCHOR_FIELDS
+    for field in fields:
+        value = criteria.get(field)
+        values = value.get("$in") if isinstance(value, Mapping) and set(value) == {"$in"} else [value]
+        if not isinstance(values, list) or not values or not all(isinstance(item, str) for item in values):
+            continue
+        if resource_type == PATIENT:
+            return tuple(values)
+        if all(item.startswith("Patient/") for item in values):
+            return tuple(item.removeprefix("Patient/") for item in values)
+    return None
 
 
 def _strict(ctx: InteractionContext) -> bool:
@@ -179,8 +216,13 @@ async def _search(
     sort = compile_sort(request, services.registry)
     cursor = decode_cursor(request.cursor, sort) if request.cursor else None
     extra, run_sort = page_query(sort, cursor)
-    provider = services.access.provider(ctx)
-    guards = {resource_type: await provider.guard(resource_type, patients=None) for resource_type in types}
+    provider = services.access.provider(ctx, identity_lookup=is_identity_lookup(request))
+    guards = {
+        resource_type: await provider.guard(
+            resource_type, patients=anchored_patients(resource_type, criteria)
+        )
+        for resource_type in types
+    }
 
     total: int | None = None
     if request.total != "none" or request.summary == "count":

@@ -81,13 +81,15 @@ class Server:
         )
 
 
-async def _start(mongo_uri: str, data_dir: Path, database: str) -> AsyncIterator[Server]:
+async def _start(
+    mongo_uri: str, data_dir: Path, database: str, *, consent_default: str = "permit"
+) -> AsyncIterator[Server]:
     settings = Settings(
         mongodb_uri=mongo_uri,
         database=database,
         data_dir=data_dir,
         base_url=BASE_URL,
-        consent_default="permit",
+        consent_default=consent_default,
     )
     app = create_app(settings)
     client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
