@@ -149,12 +149,17 @@ async def load(arguments: dict[str, Any]) -> list[dict[str, Any]]:
             by_type.setdefault(f"Raw{resource['resourceType']}", []).append(
                 {"_id": identity, "vid": 1, "res": resource | {"id": identity}}
             )
-        async with client.start_session() as session:
-            await session.start_transaction()
+
+        async def insert(session: Any) -> None:
             for name, documents in by_type.items():
                 await database[name].insert_many(documents, session=session)
-            await session.commit_transaction()
+
+        async with client.start_session() as session:
+            await session.with_transaction(insert)
         return True
+
+    for name in ("RawList", "RawDocumentReference", "RawBinary"):
+        await database.create_collection(name)
 
     results.append(
         await drive("raw insert_many in a transaction", raw_insert, concurrency=CONCURRENCY, total=BUNDLES)

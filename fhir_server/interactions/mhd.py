@@ -98,8 +98,13 @@ def binary_contents(entries: Sequence[BundleEntry]) -> dict[str, bytes]:
 
 def check_attachments(
     entries: Sequence[BundleEntry], contents: Mapping[str, bytes], *, base_url: str, provide_bundle: bool
-) -> None:
-    """Size and hash of every attachment against the Bundle's Binary it points to (module docstring)."""
+) -> dict[str, set[str]]:
+    """Size and hash of every attachment against the Bundle's Binary it points to (module docstring).
+
+    Returns, for each Binary of the Bundle a DocumentReference points to, the patients of those
+    documents: whose record the Binary's content belongs to (its AuditEvent names them).
+    """
+    owners: dict[str, set[str]] = {}
     for entry in _written(entries, DOCUMENT_REFERENCE):
         resource = entry.resource or {}
         for position, content in enumerate(resource.get("content") or []):
@@ -118,6 +123,8 @@ def check_attachments(
                         f"{path}.url",
                     )
                 continue
+            patient = reference_id(resource.get("subject"), "Patient")
+            owners.setdefault(target, set()).update([patient] if patient else [])
             if "size" in attachment and attachment["size"] != len(data):
                 raise _invalid(
                     entry,
@@ -131,6 +138,7 @@ def check_attachments(
                     f"attachment.hash {attachment['hash']} is not the SHA-1 of {target} ({expected})",
                     f"{path}.hash",
                 )
+    return owners
 
 
 def check_provide_bundle(entries: Sequence[BundleEntry]) -> None:

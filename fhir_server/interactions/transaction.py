@@ -25,13 +25,14 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from fhir_server.audit.balp import build_audit_events
 from fhir_server.fhir.bundles import bundle as make_bundle
 from fhir_server.fhir.errors import FhirError, Issue, bad_request, unprocessable
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE
 from fhir_server.interactions import history, mhd, read, search
 from fhir_server.interactions.context import AuditTrail, InteractionContext, RequestMeta
-from fhir_server.interactions.pipeline import check_scope, error_response, record_audit
+from fhir_server.interactions.pipeline import check_scope, error_response, facts_of, record_audit
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.interactions.write import (
@@ -227,6 +228,7 @@ async def _transaction(
     )
 
     async def work(session: AsyncClientSession) -> tuple[None, int]:
+        events: list[dict[str, Any]] = []
         for entry in writes:
             planned = entry.planned
             if planned is None or planned.apply is None:
@@ -234,11 +236,13 @@ async def _transaction(
             stored, status = await _guard_async(entry, planned.apply(session))
             entry.stored = stored
             entry.result = render_write(entry.ctx, stored, status)
-            await record_audit(services, entry.ctx, status, session=session)
+            events.extend(build_audit_events(facts_of(entry.ctx, status, outcome_desc=None)))
         for entry in writes:
             _touch_parent(ctx, entry)
         await staging.commit(session)
-        await record_audit(services, ctx, 200, session=session)
+        # Every entry's AuditEvent and the transaction's own, appended to their chains at once.
+        events.extend(build_audit_events(facts_of(ctx, 200, outcome_desc=None)))
+        await services.audit.record(events, session=session)
         return None, 200
 
     await services.repository.in_transaction(work)
@@ -269,7 +273,9 @@ async def _check_documents(
 ) -> list[Entry]:
     """ITI-65 and attachment checks, large Binary content staged; the supersede entries to add."""
     contents = mhd.binary_contents(entries)
-    mhd.check_attachments(entries, contents, base_url=ctx.request.base_url, provide_bundle=provide_bundle)
+    owners = mhd.check_attachments(
+        entries, contents, base_url=ctx.request.base_url, provide_bundle=provide_bundle
+    )
     if provide_bundle:
         mhd.check_provide_bundle(entries)
     derived: list[Entry] = []
@@ -285,6 +291,9 @@ async def _check_documents(
             if entry.resource_id is not None:
                 entry.resource.setdefault("id", entry.resource_id)
             await _guard_async(entry, staging.offload(entry.resource, content=contents.get(reference)))
+            # A Binary with no securityContext is audited in the record of the documents it is the
+            # content of (one audit chain per patient, not the shared system chain).
+            entry.ctx.audit.patients.update(owners.get(reference, set()))
     return derived
 
 
