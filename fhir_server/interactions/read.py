@@ -45,12 +45,10 @@ async def vread(ctx: InteractionContext, services: Services, *, version: str) ->
     resource_type, resource_id = _target(ctx)
     if not version.isdigit():
         raise not_found(resource_type, resource_id)
+    access = _access(ctx, services)
+    await _ensure_current_visible(ctx, services, access)
     stored = await services.repository.read(
-        resource_type,
-        resource_id,
-        version=int(version),
-        access=_access(ctx, services),
-        observe=observer(ctx),
+        resource_type, resource_id, version=int(version), access=access, observe=observer(ctx)
     )
     ctx.audit.version_id = str(stored.version)
     if stored.deleted:
@@ -58,6 +56,17 @@ async def vread(ctx: InteractionContext, services: Services, *, version: str) ->
             410, "deleted", f"Version {version} of {resource_type}/{resource_id} is a deletion"
         )
     return await _answer(ctx, services, stored)
+
+
+async def _ensure_current_visible(ctx: InteractionContext, services: Services, access: GuardProvider) -> None:
+    """404 when the current version is hidden: a resource hidden now hides its earlier versions too
+    (DESIGN §8, masking); a deleted resource keeps its history readable."""
+    resource_type, resource_id = _target(ctx)
+    try:
+        await services.repository.read(resource_type, resource_id, access=access, observe=observer(ctx))
+    except FhirError as error:
+        if error.status != 410:
+            raise
 
 
 def _access(ctx: InteractionContext, services: Services) -> GuardProvider:
