@@ -1,45 +1,102 @@
 """The consent decision as a MongoDB filter on stored documents, exactly equivalent to evaluate.decide().
 
 The filter is ANDed into the search query so that paging and `Bundle.total` see only permitted data
-(DESIGN I4, PCF "permit with filtering of results"). It reads the stored fields of storage/documents.py:
-`_id`/`rid`, `pat`, `sec`, `idx.date` / `idx.period` (`$elemMatch` on `lo`/`hi`) and paths of the
-resource JSON under `res`. Operators used, and nothing else: `$and`, `$or`, `$nor`, `$in`, `$nin`,
-`$ne`, `$elemMatch`, `$exists`, `$lte`, `$gte` and implicit equality (with MongoDB's array semantics).
+(DESIGN I4, PCF "permit with filtering of results"). Planners choose an index from the top-level
+fields of a query, and the embedded database uses none when a top-level operator (`$and`, `$or`,
+`$nor`) is present (DESIGN §5), so the filter is built flat wherever the decision allows it:
+
+- patient tokens: `{vis: "patient:<id>"}`;
+- every other caller, when each loaded patient's consents decide without reading the data (actor,
+  action, purpose and period criteria only, or no consent: the default policy; break-the-glass):
+  one `$in` on the `vis` keys of storage/documents.py — the callers's author keys, `"*:<patients>"` for
+  each non-empty set of permitted patients (at most MAX_ENUMERATED_PATIENTS of them; `"*"` when every
+  patient permits), `"-"` (no compartment) for `system/` clients and creations; past that bound, or
+  when some patients refuse while unloaded ones permit, the same `$in` with one `pat` clause, for a
+  caller that authors nothing of this type (an author reads their documents whatever the consents say,
+  which no AND with a `pat` clause can express);
+- otherwise (data criteria: class, code, securityLabel, dataPeriod, data): the general form, where a
+  top-level `$or` remains for what the consents test on the data.
+
+The general form reads `_id`/`rid`, `pat`, `sec`, `vis`, `idx.date` / `idx.period` (`$elemMatch` on
+`lo`/`hi`) and paths of the resource JSON under `res`. Operators used, and nothing else: `$and`, `$or`,
+`$nor`, `$not`, `$in`, `$nin`, `$ne`, `$elemMatch`, `$exists`, `$lte`, `$gte` and implicit equality
+(with MongoDB's array semantics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from itertools import combinations
 from typing import Any
 
-from fhir_server.consent.codes import (
-    ACCESS,
-    COLLECT,
-    CONFIDENTIALITY_ORDER,
-    CONFIDENTIALITY_SYSTEM,
-    INVISIBLE_TO_PATIENT,
-    MASKED_TO_PROFESSIONALS,
-)
+from fhir_server.consent.codes import ACCESS, COLLECT, CONFIDENTIALITY_ORDER, CONFIDENTIALITY_SYSTEM
 from fhir_server.consent.evaluate import AUTHORED_BY, REFERENCE_PATHS, Evaluator
 from fhir_server.consent.provisions import CompiledConsent, DataItem, Label, Provision
 from fhir_server.fhir.resources import DOCUMENT_REFERENCE, PATIENT
-from fhir_server.storage.documents import COMPARTMENT, ID, INDEX, RESOURCE, RESOURCE_ID, SECURITY
+from fhir_server.storage.documents import (
+    COMPARTMENT,
+    ID,
+    INDEX,
+    MASKED_TO_PROFESSIONALS,
+    NO_COMPARTMENT_KEY,
+    OPEN_KEY,
+    RESOURCE,
+    RESOURCE_ID,
+    SECURITY,
+    VISIBILITY,
+    author_identifier_key,
+    author_key,
+    open_key,
+    patient_key,
+)
 
 Filter = bool | dict[str, Any]
 """True matches every document, False none; a dict is a MongoDB filter."""
 
+MAX_ENUMERATED_PATIENTS = 5
+"""Permitted patients whose compartment sets are listed as `vis` keys (2^n - 1 keys)."""
+
+
+def _clauses(condition: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The single-field (or single-operator) clauses of an implicit AND, with `$and` spliced in."""
+    for key, value in condition.items():
+        if key == "$and":
+            for part in value:
+                yield from _clauses(part)
+        else:
+            yield key, value
+
+
+def _is_operator_document(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(str(k).startswith("$") for k in value)
+
 
 def all_of(*parts: Filter) -> Filter:
-    kept: list[dict[str, Any]] = []
+    """AND, merged into one document wherever fields (or a field's operators) do not collide."""
+    merged: dict[str, Any] = {}
+    rest: list[dict[str, Any]] = []
     for part in parts:
         if part is False:
             return False
-        if part is not True:
-            kept.append(part)
-    if not kept:
-        return True
-    return kept[0] if len(kept) == 1 else {"$and": kept}
+        if part is True:
+            continue
+        for key, value in _clauses(part):
+            present = merged.get(key)
+            if key not in merged:
+                merged[key] = value
+            elif (
+                not key.startswith("$")
+                and _is_operator_document(present)
+                and _is_operator_document(value)
+                and not present.keys() & value.keys()
+            ):
+                merged[key] = {**present, **value}
+            else:
+                rest.append({key: value})
+    if rest:
+        merged["$and"] = rest
+    return merged or True
 
 
 def any_of(*parts: Filter) -> Filter:
@@ -48,15 +105,22 @@ def any_of(*parts: Filter) -> Filter:
         if part is True:
             return True
         if part is not False:
-            kept.append(part)
+            kept.extend(part["$or"] if set(part) == {"$or"} else [part])
     if not kept:
         return False
     return kept[0] if len(kept) == 1 else {"$or": kept}
 
 
 def negate(part: Filter) -> Filter:
+    """NOT, on the field itself when the part is one field clause (`$not`, `$ne`), else `$nor`."""
     if isinstance(part, bool):
         return not part
+    if len(part) == 1:
+        [(key, value)] = part.items()
+        if not key.startswith("$"):
+            if _is_operator_document(value):
+                return {key: value["$not"]} if set(value) == {"$not"} else {key: {"$not": value}}
+            return {key: {"$ne": value}}
     return {"$nor": [part]}
 
 
@@ -81,22 +145,93 @@ def consent_filter(
     action = evaluator.action
     if action is None:
         return False
-    if principal.is_patient:
-        return all_of({COMPARTMENT: principal.patient}, {SECURITY: {"$ne": INVISIBLE_TO_PATIENT}})
+    if principal.is_patient and principal.patient is not None:
+        return {VISIBILITY: patient_key(principal.patient)}
     if evaluator.read_only and action != ACCESS:
         return False
     if resource_type == PATIENT and (action == COLLECT or evaluator.identity_manager):
         return True
+    consent_action = Evaluator.consent_action(action, resource_type)
+    allowed = {
+        patient: _patient_permits(
+            evaluator, evaluator.compiled(patient, consents, consent_action), resource_type
+        )
+        for patient, consents in sorted(consents_by_patient.items())
+    }
+    unloaded_permit = all_patients and (evaluator.policy.default == "permit" or evaluator.break_the_glass)
+    if all(isinstance(permits, bool) for permits in allowed.values()):
+        keyed = _keyed(evaluator, resource_type, allowed, unloaded_permit)
+        if keyed is not None:
+            return keyed
+    return _general(evaluator, resource_type, allowed, unloaded_permit)
+
+
+def _author_keys(evaluator: Evaluator, resource_type: str) -> list[str]:
+    """The `vis` keys under which the caller is an author (only DocumentReference authors count)."""
+    if resource_type != DOCUMENT_REFERENCE:
+        return []
+    principal = evaluator.request.principal
+    keys = []
+    if principal.fhir_user is not None:
+        keys.append(author_key(principal.fhir_user))
+    if principal.national_provider_identifier is not None:
+        keys.append(author_identifier_key(principal.national_provider_identifier))
+    return keys
+
+
+def _keyed(
+    evaluator: Evaluator, resource_type: str, allowed: Mapping[str, bool], unloaded_permit: bool
+) -> Filter | None:
+    """The flat form when each patient's consents decide alone (module docstring); None if none fits.
+
+    Permitted: no compartment and (creation or `system/`), key "-"; or a compartment and, for `access`,
+    author or (unmasked and every compartment patient permits), for the other actions (author or
+    unmasked) and every compartment patient permits.
+    """
+    access = evaluator.action == ACCESS
+    refused = [patient for patient, permits in allowed.items() if not permits]
+    permitted = [patient for patient, permits in allowed.items() if permits]
+    keys = (
+        [NO_COMPARTMENT_KEY] if evaluator.action == COLLECT or evaluator.request.principal.is_system else []
+    )
+    authors = _author_keys(evaluator, resource_type)
+    patients: Filter = True
+    lookup = access and resource_type == PATIENT and evaluator.identity_lookup
+    if lookup or (unloaded_permit and not refused):
+        keys.extend((*authors, OPEN_KEY))
+    elif not unloaded_permit and not permitted:
+        keys.extend(authors if access else ())
+    elif access and not unloaded_permit and len(permitted) <= MAX_ENUMERATED_PATIENTS:
+        keys.extend(authors)
+        keys.extend(
+            open_key(group)
+            for size in range(1, len(permitted) + 1)
+            for group in combinations(permitted, size)
+        )
+    elif access and authors:
+        return None
+    else:
+        keys.extend((*authors, OPEN_KEY))
+        patients = (
+            {COMPARTMENT: {"$nin": refused}}
+            if unloaded_permit
+            else {COMPARTMENT: {"$not": {"$elemMatch": {"$nin": permitted}}}}
+        )
+    if not keys:
+        return False
+    return all_of({VISIBILITY: keys[0] if len(keys) == 1 else {"$in": sorted(keys)}}, patients)
+
+
+def _general(
+    evaluator: Evaluator, resource_type: str, allowed: Mapping[str, Filter], unloaded_permit: bool
+) -> Filter:
+    principal = evaluator.request.principal
+    action = evaluator.action
     without_patient = {f"{COMPARTMENT}.0": {"$exists": False}}
     with_patient = {f"{COMPARTMENT}.0": {"$exists": True}}
-    consented = _consented(
-        evaluator,
-        resource_type,
-        consents_by_patient,
-        all_patients,
-        Evaluator.consent_action(action, resource_type),
-    )
-    author = _author(evaluator, resource_type)
+    consented = _consented(allowed, unloaded_permit)
+    authors = _author_keys(evaluator, resource_type)
+    author: Filter = {VISIBILITY: {"$in": authors}} if authors else False
     visible = {SECURITY: {"$ne": MASKED_TO_PROFESSIONALS}}
     if action == ACCESS:
         lookup = resource_type == PATIENT and evaluator.identity_lookup
@@ -109,40 +244,18 @@ def consent_filter(
     )
 
 
-def _author(evaluator: Evaluator, resource_type: str) -> Filter:
-    if resource_type != DOCUMENT_REFERENCE:
-        return False
-    principal = evaluator.request.principal
-    by_reference: Filter = False
-    by_identifier: Filter = False
-    if principal.fhir_user is not None:
-        by_reference = {f"{RESOURCE}.author.reference": principal.fhir_user}
-    if principal.national_provider_identifier is not None:
-        by_identifier = {f"{RESOURCE}.author.identifier.value": principal.national_provider_identifier}
-    return any_of(by_reference, by_identifier)
-
-
-def _consented(
-    evaluator: Evaluator,
-    resource_type: str,
-    consents_by_patient: Mapping[str, Sequence[Mapping[str, Any]]],
-    all_patients: bool,
-    action: str,
-) -> Filter:
+def _consented(allowed: Mapping[str, Filter], unloaded_permit: bool) -> Filter:
     """Every compartment patient permits: one clause per distinct per-patient filter."""
-    loaded = sorted(consents_by_patient)
     parts: list[Filter] = []
-    if not (all_patients and (evaluator.policy.default == "permit" or evaluator.break_the_glass)):
-        if not loaded:
+    if not unloaded_permit:
+        if not allowed:
             return False
-        parts.append({"$nor": [{COMPARTMENT: {"$elemMatch": {"$nin": loaded}}}]})
+        parts.append({COMPARTMENT: {"$not": {"$elemMatch": {"$nin": sorted(allowed)}}}})
     by_filter: dict[str, tuple[Filter, list[str]]] = {}
-    for patient_id in loaded:
-        compiled = evaluator.compiled(patient_id, consents_by_patient[patient_id], action)
-        allowed = _patient_permits(evaluator, compiled, resource_type)
-        by_filter.setdefault(repr(allowed), (allowed, []))[1].append(patient_id)
-    for allowed, patients in by_filter.values():
-        parts.append(any_of({COMPARTMENT: {"$nin": patients}}, allowed))
+    for patient, permits in allowed.items():
+        by_filter.setdefault(repr(permits), (permits, []))[1].append(patient)
+    for permits, patients in by_filter.values():
+        parts.append(any_of({COMPARTMENT: {"$nin": patients}}, permits))
     return all_of(*parts)
 
 

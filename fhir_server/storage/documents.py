@@ -15,10 +15,17 @@ A stored document (current and history alike):
            reference -> ["Type/id", absolute URLs...], uri -> strings
     pat    patient compartment: ids of the patients this resource belongs to
     sec    security labels (meta.security, and DocumentReference.securityLabel): "system|code" and "code"
+    vis    access keys of the consent rules that read the resource alone (DESIGN §8), so that a consent
+           filter can be one field-level `$in` (consent/filter.py): "-" no patient compartment;
+           "*" and "*:<compartment as a JSON array>" a compartment, not masked to professionals
+           (MASQUE_PS); "author:<reference>" and "author-id:<identifier value>" an author of a live
+           DocumentReference with a compartment; "patient:<id>" visible to that compartment patient
+           (no INVISIBLE_PATIENT label)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +40,7 @@ RESOURCE = "res"
 INDEX = "idx"
 COMPARTMENT = "pat"
 SECURITY = "sec"
+VISIBILITY = "vis"
 
 
 UNVERSIONED_TYPES = frozenset({"AuditEvent"})
@@ -109,6 +117,58 @@ def compartment(resource: Mapping[str, Any]) -> list[str]:
         for agent in resource.get("agent") or []:
             ids.append(reference_id(agent.get("who"), "Patient"))
     return sorted({item for item in ids if item})
+
+
+MASKED_TO_PROFESSIONALS = "MASQUE_PS"
+INVISIBLE_TO_PATIENT = "INVISIBLE_PATIENT"
+NO_COMPARTMENT_KEY = "-"
+OPEN_KEY = "*"
+
+
+def open_key(patients: Iterable[str]) -> str:
+    """The `vis` key of an unmasked resource whose compartment is exactly `patients`."""
+    return "*:" + json.dumps(sorted(patients), separators=(",", ":"))
+
+
+def author_key(reference: str) -> str:
+    return f"author:{reference}"
+
+
+def author_identifier_key(value: str) -> str:
+    return f"author-id:{value}"
+
+
+def patient_key(patient_id: str) -> str:
+    return f"patient:{patient_id}"
+
+
+def _strings_at(value: Any, path: str) -> list[str]:
+    """The strings at a dotted path, crossing arrays the way a MongoDB query path does."""
+    current = [value]
+    for key in path.split("."):
+        current = [
+            element[key]
+            for item in current
+            for element in (item if isinstance(item, list) else [item])
+            if isinstance(element, Mapping) and key in element
+        ]
+    found = [v for item in current for v in (item if isinstance(item, list) else [item])]
+    return [item for item in found if isinstance(item, str)]
+
+
+def visibility_keys(resource: Mapping[str, Any], *, deleted: bool = False) -> list[str]:
+    """The `vis` keys of one version (module docstring); a deleted version has no author."""
+    patients = compartment(resource)
+    if not patients:
+        return [NO_COMPARTMENT_KEY]
+    labels = security_labels(resource)
+    keys = [] if INVISIBLE_TO_PATIENT in labels else [patient_key(p) for p in patients]
+    if MASKED_TO_PROFESSIONALS not in labels:
+        keys.extend((OPEN_KEY, open_key(patients)))
+    if not deleted and resource.get("resourceType") == "DocumentReference":
+        keys.extend(author_key(v) for v in _strings_at(resource, "author.reference"))
+        keys.extend(author_identifier_key(v) for v in _strings_at(resource, "author.identifier.value"))
+    return sorted(set(keys))
 
 
 @dataclass(frozen=True)
@@ -189,6 +249,7 @@ def to_document(
         INDEX: {} if deleted else dict(index),
         COMPARTMENT: compartment(resource),
         SECURITY: security_labels(resource),
+        VISIBILITY: visibility_keys(resource, deleted=deleted),
     }
 
 

@@ -178,10 +178,12 @@ CRITERIA: dict[str, st.SearchStrategy[Any]] = {
     "data": st.lists(st.sampled_from(DATA), min_size=1, max_size=2),
 }
 """Each provision states a random subset (at most three) of these criteria."""
+REQUEST_CRITERIA = ("actor", "action", "purpose", "period")
+"""The criteria decided by the request alone: consents stating only these never read the data."""
 
 
-def provisions(depth: int) -> st.SearchStrategy[dict[str, Any]]:
-    criteria = st.sets(st.sampled_from(sorted(CRITERIA)), max_size=3).flatmap(
+def provisions(depth: int, names: tuple[str, ...] = tuple(CRITERIA)) -> st.SearchStrategy[dict[str, Any]]:
+    criteria = st.sets(st.sampled_from(sorted(names)), max_size=3).flatmap(
         lambda keys: st.fixed_dictionaries({key: CRITERIA[key] for key in keys})
     )
     typed = st.builds(
@@ -194,7 +196,7 @@ def provisions(depth: int) -> st.SearchStrategy[dict[str, Any]]:
     return st.builds(
         lambda base, nested: {**base, **({"provision": nested} if nested else {})},
         typed,
-        st.lists(provisions(depth - 1), max_size=2),
+        st.lists(provisions(depth - 1, names), max_size=2),
     )
 
 
@@ -202,6 +204,7 @@ def consent_lists(
     patients: tuple[str, ...] = ("p1", "p1", "p1", "p2"),
     statuses: tuple[str, ...] = ("active", "active", "active", "inactive", "draft"),
     scopes: tuple[str, ...] = ("patient-privacy", "patient-privacy", "research"),
+    criteria: tuple[str, ...] = tuple(CRITERIA),
 ) -> st.SearchStrategy[list[dict[str, Any]]]:
     return st.lists(
         st.builds(
@@ -216,7 +219,7 @@ def consent_lists(
             st.sampled_from(patients),
             st.sampled_from(statuses),
             st.sampled_from(scopes),
-            provisions(2),
+            provisions(2, criteria),
         ),
         max_size=3,
     ).map(lambda items: [{**item, "id": f"c{i}"} for i, item in enumerate(items)])
@@ -225,6 +228,10 @@ def consent_lists(
 consents = consent_lists()
 applicable_consents = consent_lists(("p1",), ("active",), ("patient-privacy",))
 """Consents that all apply to the documents of `p1_documents`: the criteria decide."""
+request_only_consents = consent_lists(
+    ("p1", "p2", "p3"), ("active", "active", "draft"), criteria=REQUEST_CRITERIA
+)
+"""Consents of any patient whose decision does not depend on the data (the common consents)."""
 
 
 def _date_index(

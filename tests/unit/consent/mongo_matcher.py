@@ -1,8 +1,9 @@
 """A small in-memory MongoDB query matcher for the operator subset consent/filter.py documents.
 
-$and, $or, $nor, $in, $nin, $ne, $elemMatch (document and operator forms), $exists, $lte, $gte and
-implicit equality, with MongoDB's rules: a path crosses arrays, a numeric segment indexes an array,
-equality on an array field matches any element, comparisons stay within one type (dates with dates).
+$and, $or, $nor, $not (on an operator document), $in, $nin, $ne, $elemMatch (document and operator
+forms), $exists, $lte, $gte and implicit equality, with MongoDB's rules: a path crosses arrays, a
+numeric segment indexes an array, equality on an array field matches any element, comparisons stay
+within one type (dates with dates).
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def _field(values: list[Any], condition: Any) -> bool:
 
 
 def _operator(values: list[Any], operator: str, operand: Any) -> bool:
+    if operator == "$not":
+        if not _is_operator_document(operand):
+            raise ValueError("$not takes an operator document")
+        return not _field(values, operand)
     if operator == "$ne":
         return not _equal(values, operand)
     if operator == "$in":

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from consent_builders import (
+    A07,
     CONF,
     consent,
     deny,
@@ -137,16 +138,23 @@ def test_identity_management_filter_matches_every_patient() -> None:
     assert guard.query_filter("Patient") == {}
 
 
-def test_patient_filter_is_the_own_compartment_without_invisible_documents() -> None:
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (P1_DOC, True),
+        (P2_DOC, False),
+        (document(document_reference(labels=((A07, "INVISIBLE_PATIENT"),))), False),
+        (document(document_reference(labels=((A07, "MASQUE_PS"),))), True),
+    ],
+)
+def test_patient_filter_is_one_key_for_the_own_compartment_without_invisible_documents(
+    doc: dict[str, Any], expected: bool
+) -> None:
     guard = ConsentGuard(
         request(patient_user("p1"), Interaction.SEARCH_TYPE), {}, policy=DENY_BY_DEFAULT, all_patients=False
     )
-    assert guard.query_filter("DocumentReference") == {
-        "$and": [
-            {"pat": "p1"},
-            {"sec": {"$ne": "INVISIBLE_PATIENT"}},
-        ]
-    }
+    assert guard.query_filter("DocumentReference") == {"vis": "patient:p1"}
+    assert visible(guard, doc) is expected
 
 
 def test_patients_with_the_same_rules_share_one_clause() -> None:
