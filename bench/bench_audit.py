@@ -3,9 +3,10 @@
 Two servers on the same embedded database, each started by bench_audit_server.py: one with the real
 audit sink (MongoDB, hash-chained, group commit), one whose sink discards the events (selectable only by
 this benchmark, never by configuration). A separate load process drives `GET /fhir/Patient/{id}` and
-`GET /fhir/DocumentReference?patient=X&_count=20` with 32 concurrent connections against each, in
-alternating rounds of the same run, then prints throughput, p50, p99 and the audited/discarded ratio,
-and checks that the audited server stored exactly one AuditEvent per request it served.
+`GET /fhir/DocumentReference?patient=X&_count=20` ("DocRef?patient=X") with 32 concurrent connections
+against each, in alternating rounds of the same run, then prints throughput, p50, p99 and the
+audited/null-sink ratio, and checks that the audited server stored exactly one AuditEvent per request
+it served.
 Aim: auditing keeps >= 70 % of the throughput.   Run: .venv/bin/python bench/bench_audit.py
 """
 
@@ -39,18 +40,18 @@ from fhir_server.search.registry import SearchRegistry
 from fhir_server.storage.documents import now_utc, to_document
 from fhir_server.storage.embedded import free_port
 
-PATIENTS = 2_000
+PATIENTS = 1_000
 DOCUMENTS_PER_PATIENT = 5
 CONCURRENCY = 32
 REQUESTS = 800
 """Requests per round; each workload runs ROUNDS rounds on each server, alternating."""
-ROUNDS = 2
-WARM_UP = 100
+ROUNDS = 3
+WARM_UP = 50
 DATABASE = "fhir"
 AUDIENCE = "http://bench.invalid/fhir"
 AUDITED = "audited"
-DISCARDED = "audit discarded"
-WORKLOADS = ("GET Patient/{id}", "DocumentReference?patient=X")
+DISCARDED = "null sink"
+WORKLOADS = ("GET Patient/{id}", "DocRef?patient=X")
 MEDECIN = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
 LAUNCHER = Path(__file__).resolve().parent / "bench_audit_server.py"
 
@@ -213,7 +214,8 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="fhir-bench-audit-") as directory,
     ):
         data_dir = Path(directory)
-        print(f"loading {PATIENTS} Patients and {PATIENTS * DOCUMENTS_PER_PATIENT} DocumentReferences ...")
+        total = PATIENTS * DOCUMENTS_PER_PATIENT
+        print(f"loading {PATIENTS} Patients and {total} DocumentReferences ...", flush=True)
         ids = load_data(database.uri)
         ensure_private_key(data_dir)
         with (
@@ -235,6 +237,7 @@ def main() -> int:
                 },
                 lifetime_seconds=3600,
             )
+            print("servers up; driving the load ...", flush=True)
             with MongoClient(database.uri) as client:
                 before = client[DATABASE].AuditEvent.count_documents({})
                 arguments = {"ids": ids, "token": token, "roots": {AUDITED: audited, DISCARDED: discarded}}
