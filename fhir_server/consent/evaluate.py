@@ -59,7 +59,7 @@ from fhir_server.consent.provisions import (
     compile_consents,
 )
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import CONSENT, DOCUMENT_REFERENCE, PATIENT
+from fhir_server.fhir.resources import AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE, PATIENT
 from fhir_server.storage.documents import StoredResource
 
 LIST = "List"
@@ -144,7 +144,14 @@ class Evaluator:
             and request.interaction in IDENTITY_MANAGEMENT
             and any(s.context == "system" and s.resource_type in (PATIENT, "*") for s in principal.scopes)
         )
+        self.audit_reviewer = principal.is_system and any(
+            s.context == "system" and s.resource_type == AUDIT_EVENT for s in principal.scopes
+        )
         self._compiled: dict[tuple[str, str], tuple[CompiledConsent, ...]] = {}
+
+    def default_permits(self, resource_type: str) -> bool:
+        """The opt-out default serves care: it never opens a patient's audit trail."""
+        return self.policy.default == "permit" and resource_type != AUDIT_EVENT
 
     @staticmethod
     def consent_action(action: str, resource_type: str) -> str:
@@ -184,6 +191,8 @@ class Evaluator:
             return Decision.allow("patient-self")
         if self.read_only and self.action != ACCESS:
             return Decision.deny("read-only-profession")
+        if stored.resource_type == AUDIT_EVENT and self.audit_reviewer and self.action == ACCESS:
+            return Decision.allow("audit-review")
         if stored.resource_type == PATIENT and self.action == COLLECT:
             return Decision.allow("identity-create")
         if stored.resource_type == PATIENT and self.identity_manager:
@@ -240,7 +249,7 @@ class Evaluator:
             return Decision.deny((refusals or [denies[0][1].path])[0], consents=references)
         if permits:
             return Decision.allow(permits[0][1].path, consents=tuple(reference for reference, _ in permits))
-        if self.policy.default == "permit":
+        if self.default_permits(stored.resource_type):
             return Decision.allow("default-permit")
         if self.break_the_glass:
             return Decision.allow("break-the-glass", break_the_glass=True)

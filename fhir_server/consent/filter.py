@@ -33,7 +33,7 @@ from typing import Any
 from fhir_server.consent.codes import ACCESS, COLLECT, CONFIDENTIALITY_ORDER, CONFIDENTIALITY_SYSTEM
 from fhir_server.consent.evaluate import AUTHORED_BY, REFERENCE_PATHS, Evaluator
 from fhir_server.consent.provisions import CompiledConsent, DataItem, Label, Provision
-from fhir_server.fhir.resources import DOCUMENT_REFERENCE, PATIENT
+from fhir_server.fhir.resources import AUDIT_EVENT, DOCUMENT_REFERENCE, PATIENT
 from fhir_server.storage.documents import (
     COMPARTMENT,
     ID,
@@ -149,6 +149,8 @@ def consent_filter(
         return {VISIBILITY: patient_key(principal.patient)}
     if evaluator.read_only and action != ACCESS:
         return False
+    if resource_type == AUDIT_EVENT and evaluator.audit_reviewer and action == ACCESS:
+        return True
     if resource_type == PATIENT and (action == COLLECT or evaluator.identity_manager):
         return True
     consent_action = Evaluator.consent_action(action, resource_type)
@@ -158,7 +160,7 @@ def consent_filter(
         )
         for patient, consents in sorted(consents_by_patient.items())
     }
-    unloaded_permit = all_patients and (evaluator.policy.default == "permit" or evaluator.break_the_glass)
+    unloaded_permit = all_patients and (evaluator.default_permits(resource_type) or evaluator.break_the_glass)
     if all(isinstance(permits, bool) for permits in allowed.values()):
         keyed = _keyed(evaluator, resource_type, allowed, unloaded_permit)
         if keyed is not None:
@@ -269,7 +271,7 @@ def _patient_permits(evaluator: Evaluator, consents: Sequence[CompiledConsent], 
             *(all_of(_matches(c.root, resource_type), _refuses_btg(c.root, resource_type)) for c in consents)
         )
         return negate(refused)
-    if evaluator.policy.default == "permit":
+    if evaluator.default_permits(resource_type):
         return negate(denied)
     return all_of(said, negate(denied))
 

@@ -20,6 +20,7 @@ from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import PERMISSION_OF, granting_scopes
 from fhir_server.auth.tokens import bearer_token
 from fhir_server.fhir.errors import FhirError, forbidden, operation_outcome, unavailable
+from fhir_server.fhir.resources import AUDIT_EVENT
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
@@ -76,10 +77,13 @@ def check_scope(ctx: InteractionContext, resource_type: str | None = None) -> No
     target = resource_type or ctx.resource_type
     if target is None or ctx.interaction not in PERMISSION_OF:
         return
+    # Reading the audit trail needs an explicit AuditEvent scope; writes stay 405 whatever the scope.
+    wildcard_audit_read = target == AUDIT_EVENT and PERMISSION_OF[ctx.interaction] in "rs"
     scopes = tuple(
         scope
         for scope in granting_scopes(principal.scopes, ctx.interaction, target)
-        if scope.context != "patient" or principal.patient
+        if (scope.context != "patient" or principal.patient)
+        and not (wildcard_audit_read and scope.context == "user" and scope.resource_type == "*")
     )
     if not scopes:
         raise forbidden(f"No granted scope permits {ctx.interaction} on {target}")
@@ -102,9 +106,7 @@ def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) 
         client_address=ctx.request.client_address,
         patient_ids=tuple(sorted(ctx.audit.patients)),
         resources=tuple(ctx.audit.resources),
-        raw_query=ctx.request.target.encode()
-        if ctx.interaction.is_search or ctx.interaction.is_history
-        else None,
+        raw_query=_raw_request(ctx) if ctx.interaction.is_search or ctx.interaction.is_history else None,
         request_id=ctx.request.request_id,
         decisions=tuple(decisions),
         recorded=ctx.now,

@@ -246,6 +246,9 @@ def reference_decide(
         return Decision.allow("patient-self")
     if action != "access" and any(r.code == "71" for r in principal.roles):
         return Decision.deny("read-only-profession")
+    audit_scope = any(s.context == "system" and s.resource_type == "AuditEvent" for s in principal.scopes)
+    if rtype == "AuditEvent" and action == "access" and principal.is_system and audit_scope:
+        return Decision.allow("audit-review")
     if rtype == "Patient" and action == "collect":
         return Decision.allow("identity-create")
     patient_scope = any(
@@ -311,7 +314,7 @@ def reference_decide(
             )
         elif permitted:
             decision = Decision.allow(permitted[0][1], consents=tuple(r for r, _ in permitted))
-        elif policy.default == "permit":
+        elif policy.default == "permit" and rtype != "AuditEvent":
             decision = Decision.allow("default-permit")
         elif btg:
             decision = Decision.allow("break-the-glass", break_the_glass=True)
