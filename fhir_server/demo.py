@@ -69,7 +69,7 @@ def _free_port() -> int:
 
 @contextmanager
 def local_server(
-    *, consent_default: str = "deny", log_dir: Path | None = None, startup_timeout: float = 90.0
+    *, consent_default: str = "deny", log_dir: Path | None = None, startup_timeout: float = 180.0
 ) -> Iterator[LocalServer]:
     """`fhir-server serve` on a free port, on the embedded database in a temporary FHIR_DATA_DIR; stopped
     (and its files removed) on exit. Its log goes to `log_dir/server.log` (default: the temporary dir)."""
@@ -113,15 +113,18 @@ def _wait_healthy(origin: str, process: subprocess.Popen[bytes], log: Path, time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise RuntimeError(f"fhir-server serve exited with {process.returncode}:\n{tail}")
+            raise RuntimeError(f"fhir-server serve exited with {process.returncode}:\n{_tail(log)}")
         try:
-            if httpx.get(f"{origin}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{origin}/health", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"fhir-server did not become healthy within {timeout:.0f} s (log: {log})")
+    raise RuntimeError(f"fhir-server did not become healthy within {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(encoding="utf-8", errors="replace")[-3000:]
 
 
 # -- the cast ---------------------------------------------------------------------------------------
