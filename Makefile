@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration conformance bench clean
+.PHONY: run test lint unit integration conformance demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,17 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest tests -q
+	$(BIN)/python conformance_tests/run_live.py --report-dir reports/conformance -q
+	$(BIN)/fhir-server demo
+
+conformance: $(STAMP)
+	$(BIN)/python conformance_tests/run_live.py --report-dir reports/conformance
+
+demo: $(STAMP)
+	$(BIN)/fhir-server demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_rest.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache reports

@@ -76,6 +76,13 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
         redoc_url=None,
     )
     errors.install(app)
+
+    async def smart_configuration(request: Request) -> Response:
+        services: Services = request.app.state.services
+        return JSONResponse(smart_configuration_document(services.base_url))
+
+    app.add_api_route("/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
+    app.add_api_route("/fhir/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
     routes.install(app)
 
     @app.get("/health", include_in_schema=False)
@@ -87,12 +94,6 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             status_code=200 if reachable else 503,
         )
 
-    async def smart_configuration(request: Request) -> Response:
-        services: Services = request.app.state.services
-        return JSONResponse(smart_configuration_document(services.base_url))
-
-    app.add_api_route("/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
-    app.add_api_route("/fhir/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
     return app
 
 
