@@ -10,13 +10,22 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api.render import to_http
 from fhir_server.fhir.errors import FhirError
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import SUPPORTED_TYPES
-from fhir_server.interactions import capabilities, history, operations, read, search, transaction, write
+from fhir_server.interactions import (
+    capabilities,
+    export,
+    history,
+    operations,
+    read,
+    search,
+    transaction,
+    write,
+)
 from fhir_server.interactions.context import InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import execute
 from fhir_server.interactions.response import FhirResponse
@@ -105,6 +114,71 @@ async def metadata(request: Request) -> Response:
 @router.post("")
 async def bundle_route(request: Request) -> Response:
     return await _run(request, Interaction.TRANSACTION, _with_body(request, transaction.process))
+
+
+# -- system history and bulk export: before the generic /{resource_type} routes, so they match first --
+
+
+@router.get("/_history")
+async def system_history(request: Request) -> Response:
+    return await _run(request, Interaction.HISTORY_SYSTEM, history.history_system)
+
+
+def _export_worker(request: Request) -> export.ExportWorker:
+    """The app's export worker (started by the lifespan when wired there, else on first use)."""
+    worker: export.ExportWorker | None = getattr(request.app.state, "export_worker", None)
+    if worker is None:
+        worker = export.ExportWorker(_services(request))
+        request.app.state.export_worker = worker
+    worker.start()
+    return worker
+
+
+def _kick_off(request: Request, level: str, group_id: str | None = None) -> Handler:
+    async def handler(ctx: InteractionContext, services: Services) -> FhirResponse:
+        body = await _json_body(request) if request.method == "POST" else b""
+        return await export.kick_off(
+            ctx, services, worker=_export_worker(request), level=level, group_id=group_id, body=body
+        )
+
+    return handler
+
+
+@router.api_route("/$export", methods=["GET", "POST"])
+async def export_system(request: Request) -> Response:
+    return await _run(request, Interaction.OPERATION, _kick_off(request, export.SYSTEM_LEVEL))
+
+
+@router.api_route("/Patient/$export", methods=["GET", "POST"])
+async def export_patients(request: Request) -> Response:
+    return await _run(request, Interaction.OPERATION, _kick_off(request, export.PATIENT_LEVEL))
+
+
+@router.api_route("/Group/{group_id}/$export", methods=["GET", "POST"])
+async def export_group(request: Request, group_id: str) -> Response:
+    return await _run(request, Interaction.OPERATION, _kick_off(request, export.GROUP_LEVEL, group_id))
+
+
+@router.get("/$export-status/{job_id}")
+async def export_status(request: Request, job_id: str) -> Response:
+    return await _run(request, Interaction.OPERATION, partial(export.status, job_id=job_id))
+
+
+@router.delete("/$export-status/{job_id}")
+async def export_cancel(request: Request, job_id: str) -> Response:
+    handler = partial(export.cancel, worker=_export_worker(request), job_id=job_id)
+    return await _run(request, Interaction.OPERATION, handler)
+
+
+@router.get("/$export-file/{job_id}/{name}")
+async def export_file(request: Request, job_id: str, name: str) -> Response:
+    """Audited like any request, then streamed from GridFS chunk by chunk."""
+    into = export.Download()
+    handler = partial(export.download, job_id=job_id, name=name, into=into)
+    response = await _run(request, Interaction.OPERATION, handler)
+    if response.status_code != 200 or into.file_id is None:
+        return response
+    return StreamingResponse(into.chunks(), media_type=export.NDJSON, headers=dict(response.headers))
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")

@@ -21,6 +21,9 @@ A stored document (current and history alike):
            (MASQUE_PS); "author:<reference>" and "author-id:<identifier value>" an author of a live
            DocumentReference with a compartment; "patient:<id>" visible to that compartment patient
            (no INVISIBLE_PATIENT label)
+    chg    change marker, an int in commit order (storage/changes.py); set on every version of a
+           client-writable type, current and history alike
+    cht    change time: the instant the marker was taken, never decreasing along `chg`
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ INDEX = "idx"
 COMPARTMENT = "pat"
 SECURITY = "sec"
 VISIBILITY = "vis"
+CHANGE = "chg"
+CHANGE_TIME = "cht"
 
 
 UNVERSIONED_TYPES = frozenset({"AuditEvent"})

@@ -24,8 +24,10 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
+from fhir_server.storage import changes
 from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
+from fhir_server.storage.changes import Written
 from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
 
@@ -42,6 +44,8 @@ class Repository:
         self.client = client
         self.database = database
         self._extract = extract
+        self._written: dict[int, list[Written]] = {}
+        """Per open transaction (session id): the versions `save` wrote, stamped before commit."""
         self.binaries = BinaryStore(database)
         """Binary content too large to keep inline (GridFS), see storage/binaries.py."""
 
@@ -56,10 +60,17 @@ class Repository:
         """Run `work` in one multi-document transaction, retried on transient conflicts."""
         for attempt in range(TRANSACTION_ATTEMPTS):
             async with self._session() as session:
+                lease: changes.Lease | None = None
                 try:
+                    lease = await changes.open_lease(self.database, now=doc.now_utc())
                     await session.start_transaction()
+                    self._written[id(session)] = []
                     result = await work(session)
+                    await changes.stamp(
+                        self.database, lease, self._written[id(session)], now=doc.now_utc(), session=session
+                    )
                     await session.commit_transaction()
+                    lease = None
                     return result
                 except PyMongoError as error:
                     if session.in_transaction:
@@ -81,6 +92,10 @@ class Repository:
                     if session.in_transaction:
                         await session.abort_transaction()
                     raise
+                finally:
+                    self._written.pop(id(session), None)
+                    if lease is not None:
+                        await changes.release(self.database, lease)
         raise AssertionError("unreachable: the loop returns or raises")
 
     # -- writes (inside a transaction) ----------------------------------------------------------
@@ -127,6 +142,10 @@ class Repository:
         await self.database[doc.history_collection(resource_type)].insert_one(
             doc.to_history_document(current), session=session
         )
+        written = self._written.get(id(session))
+        if written is None:
+            raise RuntimeError("save runs inside a transaction of in_transaction (change markers)")
+        written.append(Written(resource_type, current[doc.ID], version))
         return StoredResource.from_document(resource_type, current)
 
     # -- guarded reads ------------------------------------------------------------------------
@@ -233,6 +252,48 @@ class Repository:
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
         return [stored for stored in found if guard.decide(stored).permit]
 
+    async def changes(
+        self,
+        resource_type: str,
+        *,
+        guard: AccessGuard,
+        until: int,
+        after: int | None = None,
+        before: int | None = None,
+        since: datetime | None = None,
+        descending: bool = False,
+        limit: int = 0,
+    ) -> list[tuple[int, StoredResource]]:
+        """Versions with a change marker in (after, until] (and < before), in marker order, with their
+        markers: the change feed (storage/changes.py). Each version is decided on its own."""
+        marker: dict[str, Any] = {"$lte": until}
+        if after is not None:
+            marker["$gt"] = after
+        if before is not None:
+            marker["$lt"] = before
+        conditions: list[Mapping[str, Any]] = [{doc.CHANGE: marker}]
+        if since is not None:
+            conditions.append({doc.CHANGE_TIME: {"$gte": since}})
+        criteria = guarded_filter(guard, resource_type, {"$and": conditions})
+        order = DESCENDING if descending else ASCENDING
+        cursor = self.database[doc.history_collection(resource_type)].find(
+            criteria, sort=[(doc.CHANGE, order)], limit=limit
+        )
+        found = [
+            (item[doc.CHANGE], StoredResource.from_document(resource_type, item)) async for item in cursor
+        ]
+        return [(mark, stored) for mark, stored in found if guard.decide(stored).permit]
+
+    async def scan(
+        self, resource_type: str, query: Mapping[str, Any], *, guard: AccessGuard, batch_size: int = 1000
+    ) -> AsyncIterator[StoredResource]:
+        """Permitted live current versions matching `query`, streamed from one cursor (bulk export)."""
+        criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
+        async for item in self.database[resource_type].find(criteria, batch_size=batch_size):
+            stored = StoredResource.from_document(resource_type, item)
+            if guard.decide(stored).permit:
+                yield stored
+
     async def compartment_of(self, resource_type: str, resource_id: str) -> tuple[str, ...] | None:
         """The patient compartment of a resource (None when unknown): only to choose which consents apply."""
         found = await self.database[resource_type].find_one(
@@ -268,6 +329,9 @@ class Repository:
             history = self.database[doc.history_collection(resource_type)]
             await history.create_index([(doc.RESOURCE_ID, ASCENDING), (doc.VERSION, DESCENDING)])
             await history.create_index([(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)])
+            await history.create_index([(doc.CHANGE, ASCENDING)])
+            await current.create_index([(doc.CHANGE_TIME, ASCENDING)])
+        await changes.ensure_counter(self.database, now=doc.now_utc())
 
     async def ping(self) -> bool:
         try:
