@@ -1003,19 +1003,23 @@ async def test_professional_finds_a_patient_only_by_exact_identifier(deny_server
     server = deny_server
     built = await build(server, "no-consent")
     bernard = PROFESSIONALS["dr-bernard"].headers(server)
-    body = await get_json(
-        server,
-        f"/fhir/Patient?identifier={INS}|{built.nir}&_revinclude=DocumentReference:patient&_total=accurate",
-        bernard,
-    )
-    assert ids_in(body, "include") == [], "LEAK: the identity lookup brought the patient's documents"
-    for query in (f"_id={built.patient_id}", f"family=Martin&birthdate=1984-03-12&_id={built.patient_id}"):
-        other = await get_json(server, f"/fhir/Patient?{query}", bernard)
-        assert ids_in(other, resource_type="Patient") == [], f"LEAK: Patient?{query} found the patient"
-    assert ids_in(body, resource_type="Patient") == [built.patient_id], (
-        "BUG: the exact identifier lookup of DESIGN §8 does not find the Patient: interactions/search.py "
-        "never passes identity_lookup=True to AccessControl.provider"
-    )
+    lookup = await get_json(server, f"/fhir/Patient?identifier={INS}|{built.nir}&_total=accurate", bernard)
+    assert ids_in(lookup, resource_type="Patient") == [built.patient_id]
+    assert lookup["total"] == 1
+    for query in (
+        f"identifier={INS}|{built.nir}&_revinclude=DocumentReference:patient",
+        f"identifier={INS}|{built.nir}&_revinclude=Consent:patient",
+        f"_id={built.patient_id}",
+        f"family=Martin&birthdate=1984-03-12&_id={built.patient_id}",
+        f"identifier={built.nir}",
+    ):
+        body = await get_json(server, f"/fhir/Patient?{query}", bernard)
+        assert ids_in(body, "include") == [], f"LEAK: Patient?{query} brought the patient's records"
+        assert ids_in(body, "include", "Consent") == [], (
+            f"LEAK: Patient?{query} brought the patient's consents"
+        )
+        if "_revinclude" not in query:
+            assert ids_in(body, resource_type="Patient") == [], f"LEAK: Patient?{query} found the patient"
 
 
 async def learn_masked_id(server: Server, built: Built, headers: dict[str, str]) -> str:
