@@ -116,6 +116,26 @@ async def bundle_route(request: Request) -> Response:
     return await _run(request, Interaction.TRANSACTION, _with_body(request, transaction.process))
 
 
+@router.get("")
+async def system_search_get(request: Request) -> Response:
+    async def handler(ctx: InteractionContext, services: Services) -> FhirResponse:
+        return await search.search_system(ctx, services, params=list(request.query_params.multi_items()))
+
+    return await _run(request, Interaction.SEARCH_SYSTEM, handler)
+
+
+@router.post("/_search")
+async def system_search_post(request: Request) -> Response:
+    async def handler(ctx: InteractionContext, services: Services) -> FhirResponse:
+        form = await request.form()
+        params = list(request.query_params.multi_items()) + [
+            (key, value) for key, value in form.multi_items() if isinstance(value, str)
+        ]
+        return await search.search_system(ctx, services, params=params)
+
+    return await _run(request, Interaction.SEARCH_SYSTEM, handler)
+
+
 # -- system history and bulk export: before the generic /{resource_type} routes, so they match first --
 
 
