@@ -9,8 +9,10 @@ parameter), keyset paged on the marker below a horizon that only ever covers com
 so a version that commits late is on a later page, never skipped, and never on two pages.
 `_since` selects versions by their change time (`cht`, never before their `lastUpdated`), and every
 page's `Bundle.meta.lastUpdated` is its horizon's resume instant: a client that pages to the end and
-later resumes with `_since=<that instant>` gets exactly the versions it has not seen. Instance history and the history of AuditEvent (written by the audit sink, without
-change markers) order by `lastUpdated`, newest first; AuditEvent is not part of the system feed.
+later resumes with `_since=<that instant>` gets exactly the versions it has not seen. Instance
+history and the history of AuditEvent (written by the audit sink, without change markers) order by
+`lastUpdated`, newest first; AuditEvent is not part of the system feed. A version is shown only when
+its resource's current version is visible too: a document hidden today hides its past (DESIGN §8).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ async def history(ctx: InteractionContext, services: Services) -> FhirResponse:
         if patients is None:
             raise not_found(resource_type, ctx.resource_id)
     guard = await services.access.provider(ctx).guard(resource_type, patients=patients)
+    if ctx.resource_id is not None and not await services.repository.visible_current(
+        resource_type, [ctx.resource_id], guard=guard
+    ):
+        raise not_found(resource_type, ctx.resource_id)
     versions = await services.repository.history(
         resource_type,
         guard=guard,
@@ -74,6 +80,11 @@ async def history(ctx: InteractionContext, services: Services) -> FhirResponse:
     if ctx.resource_id is not None and not versions and before is None and since is None:
         raise not_found(resource_type, ctx.resource_id)
     page, more = versions[:count], len(versions) > count
+    if ctx.resource_id is None:
+        visible = await services.repository.visible_current(
+            resource_type, [stored.id for stored in page], guard=guard
+        )
+        page = [stored for stored in page if stored.id in visible]
     for stored in page:
         ctx.audit.touch(f"{stored.reference}/_history/{stored.version}", patients=stored.compartment)
     path = f"{ctx.request.base_url}/{resource_type}"
@@ -133,12 +144,13 @@ async def _change_feed(
     else:
         horizon = await changes.horizon(services.repository.database, now=ctx.now)
     provider = services.access.provider(ctx)
+    guards = {resource_type: await provider.guard(resource_type, patients=None) for resource_type in types}
     found: list[tuple[int, StoredResource]] = []
     for resource_type in types:
         found.extend(
             await services.repository.changes(
                 resource_type,
-                guard=await provider.guard(resource_type, patients=None),
+                guard=guards[resource_type],
                 until=horizon.seq,
                 after=None if cursor is None or descending else cursor.marker,
                 before=cursor.marker if cursor is not None and descending else None,
@@ -149,6 +161,16 @@ async def _change_feed(
         )
     found.sort(key=lambda item: item[0], reverse=descending)
     page, more = found[:count], len(found) > count
+    visible: set[tuple[str, str]] = set()
+    for resource_type in types:
+        ids = [stored.id for _, stored in page if stored.resource_type == resource_type]
+        visible.update(
+            (resource_type, resource_id)
+            for resource_id in await services.repository.visible_current(
+                resource_type, ids, guard=guards[resource_type]
+            )
+        )
+    page = [(mark, stored) for mark, stored in page if (stored.resource_type, stored.id) in visible]
     for _, stored in page:
         ctx.audit.touch(f"{stored.reference}/_history/{stored.version}", patients=stored.compartment)
     kept = [(key, value) for key, value in params if key != CURSOR_PARAMETER]

@@ -284,6 +284,21 @@ class Repository:
         ]
         return [(mark, stored) for mark, stored in found if guard.decide(stored).permit]
 
+    async def visible_current(
+        self, resource_type: str, resource_ids: Sequence[str], *, guard: AccessGuard
+    ) -> set[str]:
+        """Which of these resources the guard permits in their current version (tombstones included).
+
+        History and the change feed show a version only when its resource's current version is
+        visible too: a document masked or hidden today hides its earlier versions (DESIGN §8).
+        """
+        if not resource_ids:
+            return set()
+        criteria = guarded_filter(guard, resource_type, {doc.ID: {"$in": sorted(set(resource_ids))}})
+        cursor = self.database[resource_type].find(criteria)
+        found = [StoredResource.from_document(resource_type, item) async for item in cursor]
+        return {stored.id for stored in found if guard.decide(stored).permit}
+
     async def scan(
         self, resource_type: str, query: Mapping[str, Any], *, guard: AccessGuard, batch_size: int = 1000
     ) -> AsyncIterator[StoredResource]:
