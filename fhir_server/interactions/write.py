@@ -159,6 +159,8 @@ def _plan_new(
             interaction=Interaction.CREATE,
         )
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
+        if previous is not None:
+            await _ensure_may_see(ctx, services, previous)
         if previous is not None and not previous.deleted:
             raise FhirError.of(409, "duplicate", f"{resource_type}/{resource['id']} already exists")
         _check_if_match(ctx, previous)
