@@ -13,3 +13,7 @@ SubmissionSets and Folders (ITI-65, ITI-66)."""
 
 CLIENT_WRITABLE_TYPES: frozenset[str] = frozenset({PATIENT, DOCUMENT_REFERENCE, CONSENT, BINARY, LIST})
 """AuditEvent is written by the server only (append-only through the API: 405)."""
+
+REACHED_THROUGH_DOCUMENTS: frozenset[str] = frozenset({BINARY})
+"""Document content: read (ITI-68), written and versioned, but never searched, listed in history or
+exported, because its visibility is decided by the DocumentReferences that point to it."""

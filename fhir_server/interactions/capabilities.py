@@ -30,6 +30,8 @@ def build_capability_statement(registry: SearchRegistry, *, base_url: str) -> di
     statement["software"]["version"] = __version__
     statement["implementation"]["url"] = base_url
     for resource in statement["rest"][0]["resource"]:
+        if not any(item["code"] == "search-type" for item in resource["interaction"]):
+            continue
         parameters = registry.parameters_for(resource["type"]).values()
         resource["searchParam"] = [
             {"name": parameter.code, "definition": parameter.url, "type": parameter.type}

@@ -52,7 +52,7 @@ from fhir_server.auth.scopes import granting_scopes
 from fhir_server.auth.tokens import bearer_token
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import PATIENT, SUPPORTED_TYPES
+from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import record_audit
 from fhir_server.interactions.response import FhirResponse
@@ -69,7 +69,9 @@ log = logging.getLogger("fhir_server.export")
 
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
-EXPORT_TYPES: tuple[str, ...] = tuple(t for t in SUPPORTED_TYPES if t not in doc.UNVERSIONED_TYPES)
+EXPORT_TYPES: tuple[str, ...] = tuple(
+    t for t in SUPPORTED_TYPES if t not in doc.UNVERSIONED_TYPES and t not in REACHED_THROUGH_DOCUMENTS
+)
 """AuditEvents are the server's own trail, not record data a platform copies: not exported."""
 GROUP = "Group"
 SYSTEM_LEVEL, PATIENT_LEVEL, GROUP_LEVEL = "system", "patient", "group"

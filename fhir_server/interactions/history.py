@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from fhir_server.fhir.bundles import bundle
-from fhir_server.fhir.errors import FhirError, bad_request, not_found
-from fhir_server.fhir.resources import SUPPORTED_TYPES
+from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed, not_found
+from fhir_server.fhir.resources import REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
@@ -41,7 +41,9 @@ MAX_COUNT = 1000
 CURSOR_PARAMETER = "_cursor"
 OLDEST_FIRST = "_lastUpdated"
 NEWEST_FIRST = "-_lastUpdated"
-FEED_TYPES: tuple[str, ...] = tuple(t for t in SUPPORTED_TYPES if t not in UNVERSIONED_TYPES)
+FEED_TYPES: tuple[str, ...] = tuple(
+    t for t in SUPPORTED_TYPES if t not in UNVERSIONED_TYPES and t not in REACHED_THROUGH_DOCUMENTS
+)
 """The types whose versions carry change markers: every type written through the repository."""
 
 
@@ -50,6 +52,10 @@ async def history(ctx: InteractionContext, services: Services) -> FhirResponse:
     resource_type = ctx.resource_type
     if resource_type is None:
         raise RuntimeError("history needs a type from the route")
+    if resource_type in REACHED_THROUGH_DOCUMENTS:
+        raise method_not_allowed(
+            f"{resource_type} has no history here: read it through its DocumentReference"
+        )
     params = parse_qsl(ctx.request.target.partition("?")[2], keep_blank_values=True)
     if ctx.resource_id is None and resource_type not in UNVERSIONED_TYPES:
         if _single(params, "_type") is not None:

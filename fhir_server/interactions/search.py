@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fhir_server.fhir.bundles import bundle
-from fhir_server.fhir.errors import FhirError, operation_outcome
+from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed, operation_outcome
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import PATIENT, SUPPORTED_TYPES
+from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
@@ -169,6 +169,8 @@ async def search_type(
     resource_type = ctx.resource_type
     if resource_type is None:
         raise RuntimeError("type-level search needs a type from the route")
+    if resource_type in REACHED_THROUGH_DOCUMENTS:
+        raise method_not_allowed(f"{resource_type} is not searchable: find its DocumentReference instead")
     request = parse_search(
         resource_type,
         params,
@@ -191,7 +193,9 @@ async def search_system(
     )
     types = []
     for resource_type in request.types or SUPPORTED_TYPES:
-        if resource_type not in SUPPORTED_TYPES:
+        if resource_type in REACHED_THROUGH_DOCUMENTS and request.types:
+            raise bad_request(f"{resource_type} is not searchable", expression=("_type",))
+        if resource_type not in SUPPORTED_TYPES or resource_type in REACHED_THROUGH_DOCUMENTS:
             continue
         try:
             check_scope(ctx, resource_type)
