@@ -179,9 +179,32 @@ async def search_type(
         base_url=services.base_url,
         now=ctx.now,
     )
+    ctx.audit.mhd_transaction = mhd_transaction(request)
     return await _search(
         ctx, services, request, (resource_type,), path=f"{services.base_url}/{resource_type}"
     )
+
+
+MHD_QUERIES: dict[str, tuple[str, frozenset[str]]] = {
+    "DocumentReference": ("ITI-67", frozenset({"status"})),
+    "List": ("ITI-66", frozenset({"code", "status"})),
+}
+"""IHE MHD queries by type: the transaction and the parameters it requires besides the patient."""
+PATIENT_PARAMETERS = frozenset({"patient", "subject"})
+
+
+def mhd_transaction(request: SearchRequest) -> str | None:
+    """`ITI-67` (Find Document References) or `ITI-66` (Find Document Lists) when the search has the
+    shape MHD requires — a patient (or `patient.identifier`) and the required parameters — so the
+    AuditEvent carries the MHD subtype alongside the RESTful one."""
+    query = MHD_QUERIES.get(request.resource_type or "")
+    if query is None:
+        return None
+    transaction, required = query
+    codes = {clause.parameter.code for clause in request.clauses if isinstance(clause, Clause)}
+    if codes & PATIENT_PARAMETERS and required <= codes:
+        return transaction
+    return None
 
 
 async def search_system(

@@ -265,7 +265,18 @@ class SearchRegistry:
 
 
 _INDEXED = frozenset(
-    {"identifier", "patient", "subject", "author", "agent", "entity", "actor", "item", "relatesto"}
+    {
+        "identifier",
+        "patient",
+        "subject",
+        "author",
+        "agent",
+        "entity",
+        "actor",
+        "item",
+        "relatesto",
+        "location",
+    }
 )
 _PATIENT_NAMES = frozenset({"name", "family", "given"})
 _PAIRED_TOKENS = ("status", "type", "category", "code")
