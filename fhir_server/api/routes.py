@@ -15,8 +15,9 @@ from starlette.responses import Response, StreamingResponse
 from fhir_server.api.render import to_http
 from fhir_server.fhir.errors import FhirError
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import SUPPORTED_TYPES
+from fhir_server.fhir.resources import BINARY, SUPPORTED_TYPES
 from fhir_server.interactions import (
+    binary,
     capabilities,
     export,
     history,
@@ -323,9 +324,29 @@ async def search_get(request: Request, resource_type: str) -> Response:
 
 @router.post("/{resource_type}")
 async def create_route(request: Request, resource_type: str) -> Response:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if resource_type == BINARY and media and media not in JSON_MEDIA:
+        return await _run(
+            request, Interaction.CREATE, _raw_binary(request, media), resource_type=resource_type
+        )
     return await _run(
         request, Interaction.CREATE, _with_body(request, write.create), resource_type=resource_type
     )
+
+
+def _raw_binary(request: Request, content_type: str) -> Handler:
+    """`POST [base]/Binary` with the document itself as the body (R4 binary.html), streamed to storage."""
+
+    async def handler(ctx: InteractionContext, services: Services) -> FhirResponse:
+        return await binary.create_raw(
+            ctx,
+            services,
+            content_type=content_type,
+            chunks=request.stream(),
+            security_context=request.headers.get("x-security-context"),
+        )
+
+    return handler
 
 
 def install(app: FastAPI) -> None:

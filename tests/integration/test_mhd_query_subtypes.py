@@ -40,3 +40,24 @@ async def test_mhd_subtype_follows_the_query_shape(server: Server, query: str, e
         codes = {coding["code"] for coding in event["subtype"] if coding.get("system") == MHD}
         assert codes == ({expected} if expected else set())
         assert any(coding["code"] == "search-type" for coding in event["subtype"])
+
+
+async def test_raw_binary_upload_is_stored_and_read_back(server: Server) -> None:
+    headers = server.as_system()
+    patient = (await server.http.post("/fhir/Patient", json=patient_resource(), headers=headers)).json()
+    content = b"%PDF-1.4 compte rendu " + unique().encode()
+    response = await server.http.post(
+        "/fhir/Binary",
+        content=content,
+        headers={
+            **headers,
+            "Content-Type": "application/pdf",
+            "X-Security-Context": f"Patient/{patient['id']}",
+        },
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["location"].startswith("http://testserver/fhir/Binary/")
+    binary_id = response.headers["location"].split("/Binary/")[1].split("/")[0]
+    stored = await server.database.Binary.find_one({"_id": binary_id})
+    assert stored["res"]["contentType"] == "application/pdf"
+    assert stored["pat"] == [patient["id"]]
