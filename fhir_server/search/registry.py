@@ -22,6 +22,7 @@ from fhirpathpy.models import models
 
 from fhir_server.search.types import TYPES, ParameterType
 from fhir_server.search.types.reference import reference_type
+from fhir_server.storage.documents import VISIBILITY
 
 CAPABILITY_DIR = Path(__file__).resolve().parents[2] / "capability"
 DEFAULT_PATH = CAPABILITY_DIR / "search-parameters.json"
@@ -255,6 +256,10 @@ class SearchRegistry:
             if resource_type in _SINGLE_PATIENT:
                 for code in tokens:
                     keys.append([("idx.patient", 1), (f"idx.{code}", 1), live])
+                    if code == "status":
+                        # The consent filter's `vis` keys trail the commonest query (patient + status):
+                        # `status` is single-valued, so `vis` is the index's only array (MongoDB allows one).
+                        keys.append([("idx.patient", 1), ("idx.status", 1), live, (VISIBILITY, 1)])
                     if "date" in dates and code != "status":
                         keys.append([("idx.patient", 1), (f"idx.{code}", 1), live, ("idx.date:hi", 1)])
         return [

@@ -84,7 +84,7 @@ async def test_recorded_event_is_stored_in_the_resource_document_layout_with_its
 
     document = await mongo_db["AuditEvent"].find_one({"_id": record_id})
     assert document is not None
-    assert set(document) == {"_id", "vid", "lu", "del", "res", "idx", "pat", "sec", "chain"}
+    assert set(document) == {"_id", "vid", "lu", "del", "res", "idx", "pat", "sec", "vis", "chain"}
     assert (document["vid"], document["del"], document["pat"], document["sec"]) == (1, False, ["p1"], [])
     assert document["idx"] == {"action": ["R"], "outcome": ["0"]}
     resource = document["res"]

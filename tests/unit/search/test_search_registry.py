@@ -221,7 +221,7 @@ def test_indexes_never_pair_two_multi_valued_fields(resource_type: str) -> None:
 
 def test_common_searches_have_an_index() -> None:
     keys = REGISTRY.index_keys("DocumentReference")
-    assert [("idx.patient", 1), ("idx.status", 1), ("del", 1)] in keys
+    assert [("idx.patient", 1), ("idx.status", 1), ("del", 1), ("vis", 1)] in keys
     assert [("idx.patient", 1), ("idx.type", 1), ("del", 1), ("idx.date:hi", 1)] in keys
     assert [("idx.identifier", 1), ("del", 1)] in keys
     assert [("idx.type", 1), ("del", 1), ("idx.date:hi", 1)] in keys
