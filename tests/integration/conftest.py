@@ -81,7 +81,7 @@ class Server:
         )
 
 
-async def _start(
+async def start_server(
     mongo_uri: str, data_dir: Path, database: str, *, consent_default: str = "permit"
 ) -> AsyncIterator[Server]:
     settings = Settings(
@@ -108,14 +108,26 @@ async def _start(
 @pytest.fixture(scope="session")
 async def server(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     """One app for the session: tests create their own uniquely named data."""
-    async for running in _start(mongo_uri, tmp_path_factory.mktemp("fhir"), f"it_{uuid.uuid4().hex[:10]}"):
+    async for running in start_server(
+        mongo_uri, tmp_path_factory.mktemp("fhir"), f"it_{uuid.uuid4().hex[:10]}"
+    ):
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def deny_server(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
+    """One app with FHIR_CONSENT_DEFAULT=deny (the production default, opt-in) for the session."""
+    database = f"it_{uuid.uuid4().hex[:10]}"
+    async for running in start_server(
+        mongo_uri, tmp_path_factory.mktemp("deny"), database, consent_default="deny"
+    ):
         yield running
 
 
 @pytest.fixture
 async def fresh_server(mongo_uri: str, tmp_path: Path) -> AsyncIterator[Server]:
     """An app on an empty database, for tests that count what is stored."""
-    async for running in _start(mongo_uri, tmp_path, f"it_{uuid.uuid4().hex[:10]}"):
+    async for running in start_server(mongo_uri, tmp_path, f"it_{uuid.uuid4().hex[:10]}"):
         yield running
 
 

@@ -13,22 +13,15 @@ directly from MongoDB just before the search (the search's own event is written 
 from __future__ import annotations
 
 import base64
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
-from pymongo import AsyncMongoClient
 
-from fhir_server.app import create_app
-from fhir_server.settings import Settings
 from tests.integration.conftest import (
-    BASE_URL,
     MEDECIN,
     Server,
     document_resource,
@@ -48,37 +41,6 @@ Event = dict[str, Any]
 
 
 # -- servers, tokens, resources ---------------------------------------------------------------------
-
-
-async def _start(mongo_uri: str, data_dir: Path, *, consent_default: str) -> AsyncIterator[Server]:
-    """The conftest `_start` pattern, with the consent default of the test's choosing."""
-    database = f"it_{uuid.uuid4().hex[:10]}"
-    settings = Settings(
-        mongodb_uri=mongo_uri,
-        database=database,
-        data_dir=data_dir,
-        base_url=BASE_URL,
-        consent_default=consent_default,
-    )
-    app = create_app(settings)
-    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 50000))
-            async with httpx.AsyncClient(
-                transport=transport, base_url=BASE_URL.removesuffix("/fhir")
-            ) as http:
-                yield Server(app, http, client[database], data_dir)
-    finally:
-        await client.drop_database(database)
-        await client.close()
-
-
-@pytest.fixture(scope="module")
-async def deny_server(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-    """FHIR_CONSENT_DEFAULT=deny (the production default, opt-in)."""
-    async for running in _start(mongo_uri, tmp_path_factory.mktemp("fhir-deny"), consent_default="deny"):
-        yield running
 
 
 def doctor(

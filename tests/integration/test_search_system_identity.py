@@ -3,21 +3,11 @@ identity lookup of DESIGN §8: a professional without consent finds a Patient on
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from tests.integration.conftest import Server, _start, document_resource, patient_resource
+from tests.integration.conftest import Server, document_resource, patient_resource
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def deny_server(mongo_uri: str, tmp_path: Path) -> AsyncIterator[Server]:
-    async for running in _start(mongo_uri, tmp_path, f"it_{uuid.uuid4().hex[:10]}", consent_default="deny"):
-        yield running
 
 
 async def test_system_search_spans_types_named_in_type(server: Server) -> None:
