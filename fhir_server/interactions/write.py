@@ -223,25 +223,45 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
     return Planned(apply)
 
 
+async def _target(ctx: InteractionContext, services: Services, resource_type: str) -> str | None:
+    """The id a patch or delete acts on: the URL's, or the single visible match of its search
+    criteria (None when nothing matches; 412 when several do)."""
+    if ctx.resource_id is None:
+        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        if not matches:
+            return None
+        if len(matches) > 1:
+            raise precondition_failed(f"The conditional {ctx.interaction} criteria match several resources")
+        ctx.resource_id = matches[0].id
+    check_id(resource_type, ctx.resource_id)
+    return ctx.resource_id
+
+
+async def _visible_previous(
+    ctx: InteractionContext,
+    services: Services,
+    resource_type: str,
+    resource_id: str,
+    session: AsyncClientSession,
+) -> StoredResource:
+    """The current version the write replaces: 404 when unknown or hidden from the caller."""
+    previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
+    if previous is None:
+        raise not_found(resource_type, resource_id)
+    await _ensure_may_see(ctx, services, previous)
+    return previous
+
+
 async def plan_patch(
     ctx: InteractionContext, services: Services, operations: list[dict[str, Any]]
 ) -> Planned:
     resource_type = _writable(ctx)
-    if ctx.resource_id is None:
-        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
-        if not matches:
-            raise not_found(resource_type)
-        if len(matches) > 1:
-            raise precondition_failed("The conditional patch criteria match several resources")
-        ctx.resource_id = matches[0].id
-    check_id(resource_type, ctx.resource_id)
-    resource_id = ctx.resource_id
+    resource_id = await _target(ctx, services, resource_type)
+    if resource_id is None:
+        raise not_found(resource_type)
 
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
-        previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
-        if previous is None:
-            raise not_found(resource_type, resource_id)
-        await _ensure_may_see(ctx, services, previous)
+        previous = await _visible_previous(ctx, services, resource_type, resource_id, session)
         if previous.resource is None:
             raise gone(resource_type, resource_id)
         _check_if_match(ctx, previous)
@@ -270,21 +290,12 @@ async def plan_patch(
 
 async def plan_delete(ctx: InteractionContext, services: Services) -> Planned:
     resource_type = _writable(ctx)
-    if ctx.resource_id is None:
-        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
-        if not matches:
-            return Planned(None)
-        if len(matches) > 1:
-            raise precondition_failed("The conditional delete criteria match several resources")
-        ctx.resource_id = matches[0].id
-    check_id(resource_type, ctx.resource_id)
-    resource_id = ctx.resource_id
+    resource_id = await _target(ctx, services, resource_type)
+    if resource_id is None:
+        return Planned(None)
 
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
-        previous = await services.repository.current_for_write(resource_type, resource_id, session=session)
-        if previous is None:
-            raise not_found(resource_type, resource_id)
-        await _ensure_may_see(ctx, services, previous)
+        previous = await _visible_previous(ctx, services, resource_type, resource_id, session)
         if previous.deleted or previous.resource is None:
             return None, 204
         _check_if_match(ctx, previous)
