@@ -48,6 +48,35 @@ def resource_type(document: dict[str, Any]) -> str:
     ]
 
 
+def _guard(
+    principal: Principal,
+    interaction: Interaction,
+    consent_list: list[dict[str, Any]],
+    policy: ConsentPolicy,
+    loaded: set[str],
+    all_patients: bool,
+    lookup: bool = False,
+) -> ConsentGuard:
+    by_patient = {
+        patient: [c for c in consent_list if c["patient"]["reference"] == f"Patient/{patient}"]
+        for patient in loaded
+    }
+    return ConsentGuard(
+        AccessRequest(principal, interaction, "DocumentReference", NOW),
+        by_patient,
+        policy=policy,
+        all_patients=all_patients,
+        identity_lookup=lookup,
+        groups=GROUPS,
+    )
+
+
+def _authors_nothing(principal: Principal, kind: str) -> bool:
+    return kind != "DocumentReference" or (
+        principal.fhir_user is None and principal.national_provider_identifier is None
+    )
+
+
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     principal=principals,
@@ -69,18 +98,7 @@ def test_query_filter_matches_exactly_what_decide_permits(
     all_patients: bool,
     lookup: bool,
 ) -> None:
-    by_patient = {
-        patient: [c for c in consent_list if c["patient"]["reference"] == f"Patient/{patient}"]
-        for patient in loaded
-    }
-    guard = ConsentGuard(
-        AccessRequest(principal, interaction, "DocumentReference", NOW),
-        by_patient,
-        policy=policy,
-        all_patients=all_patients,
-        identity_lookup=lookup,
-        groups=GROUPS,
-    )
+    guard = _guard(principal, interaction, consent_list, policy, loaded, all_patients, lookup)
     for document in documents:
         kind = resource_type(document)
         query = guard.query_filter(kind)
@@ -114,35 +132,6 @@ def test_query_filter_matches_decide_when_every_consent_applies(
     for document in documents:
         permitted = guard.decide(StoredResource.from_document("DocumentReference", document)).permit
         assert (query is not None and matches(document, query)) is permitted, (query, document)
-
-
-def _guard(
-    principal: Principal,
-    interaction: Interaction,
-    consent_list: list[dict[str, Any]],
-    policy: ConsentPolicy,
-    loaded: set[str],
-    all_patients: bool,
-    lookup: bool = False,
-) -> ConsentGuard:
-    by_patient = {
-        patient: [c for c in consent_list if c["patient"]["reference"] == f"Patient/{patient}"]
-        for patient in loaded
-    }
-    return ConsentGuard(
-        AccessRequest(principal, interaction, "DocumentReference", NOW),
-        by_patient,
-        policy=policy,
-        all_patients=all_patients,
-        identity_lookup=lookup,
-        groups=GROUPS,
-    )
-
-
-def _authors_nothing(principal: Principal, kind: str) -> bool:
-    return kind != "DocumentReference" or (
-        principal.fhir_user is None and principal.national_provider_identifier is None
-    )
 
 
 @settings(max_examples=300, deadline=None, database=None)
