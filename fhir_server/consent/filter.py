@@ -8,7 +8,7 @@ fields of a query, and the embedded database uses none when a top-level operator
 - patient tokens: `{vis: "patient:<id>"}`;
 - every other caller, when each loaded patient's consents decide without reading the data (actor,
   action, purpose and period criteria only, or no consent: the default policy; break-the-glass):
-  one `$in` on the `vis` keys of storage/documents.py — the callers's author keys, `"*:<patients>"` for
+  one `$in` on the `vis` keys of storage/documents.py — the caller's author keys, `"*:<patients>"` for
   each non-empty set of permitted patients (at most MAX_ENUMERATED_PATIENTS of them; `"*"` when every
   patient permits), `"-"` (no compartment) for `system/` clients and creations; past that bound, or
   when some patients refuse while unloaded ones permit, the same `$in` with one `pat` clause, for a
