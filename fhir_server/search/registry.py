@@ -254,6 +254,7 @@ class SearchRegistry:
         if "patient" in parameters:
             keys.extend([("idx.patient", 1), live, (f"idx.{code}:hi", 1)] for code in dates)
             if resource_type in _SINGLE_PATIENT:
+                keys.append([("idx.patient", 1), live, (VISIBILITY, 1)])
                 for code in tokens:
                     keys.append([("idx.patient", 1), (f"idx.{code}", 1), live])
                     if code == "status":
