@@ -8,7 +8,7 @@ history documents included). Then, on a server with FHIR_CONSENT_DEFAULT=deny, d
 process: by the professional (consents loaded and evaluated, filter in the query, post-check) and by the
 patient of X with a `patient/` token (no consent evaluation), alternating rounds in the same run.
 Prints throughput, p50, p99 and the professional/patient ratio. Aim: >= 80 %.
-Run: .venv/bin/python bench/bench_consent.py [--documents 20000 --patients 1000 --requests 2000]
+Run: .venv/bin/python bench/bench_consent.py [--documents 20000 --patients 1000 --requests 1000]
 """
 
 from __future__ import annotations
@@ -163,10 +163,15 @@ async def load(arguments: dict[str, Any]) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=spec["base_url"], limits=limits, timeout=120) as http:
 
         async def search(index: int, headers: dict[str, str], *, professional_view: bool) -> bool:
-            response = await http.get(
-                f"/fhir/DocumentReference?patient=p{index}&status=current&_count=20", headers=headers
-            )
+            try:
+                response = await http.get(
+                    f"/fhir/DocumentReference?patient=p{index}&status=current&_count=20", headers=headers
+                )
+            except httpx.HTTPError as error:
+                print(f"{type(error).__name__}: {error}", file=sys.stderr)
+                return False
             if response.status_code != 200:
+                print(f"HTTP {response.status_code}: {response.text[:300]}", file=sys.stderr)
                 return False
             codes = {e["resource"]["type"]["coding"][0]["code"] for e in response.json().get("entry") or []}
             return not (professional_view and LAB in codes)
@@ -179,8 +184,8 @@ async def load(arguments: dict[str, Any]) -> list[dict[str, Any]]:
             headers = {"Authorization": f"Bearer {patient_tokens[index]}"}
             return await search(index, headers, professional_view=False)
 
-        await drive("warm-up", as_professional, concurrency=CONCURRENCY, total=200)
-        await drive("warm-up", as_patient, concurrency=CONCURRENCY, total=200)
+        await drive("warm-up", as_professional, concurrency=CONCURRENCY, total=CONCURRENCY)
+        await drive("warm-up", as_patient, concurrency=CONCURRENCY, total=CONCURRENCY)
         for _ in range(ROUNDS):
             by_mode["professional"].append(
                 await drive("p", as_professional, concurrency=CONCURRENCY, total=requests // ROUNDS)
@@ -255,7 +260,7 @@ if __name__ == "__main__":
     parser.add_argument("--load", help="internal: run the load generator with these JSON arguments")
     parser.add_argument("--documents", type=int, default=20_000)
     parser.add_argument("--patients", type=int, default=1_000)
-    parser.add_argument("--requests", type=int, default=2_000, help="searches per mode")
+    parser.add_argument("--requests", type=int, default=1_000, help="searches per mode")
     options = parser.parse_args()
     if options.load:
         print(json.dumps(asyncio.run(load(json.loads(options.load)))))
