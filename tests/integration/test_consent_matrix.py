@@ -19,19 +19,15 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pymongo import AsyncMongoClient
 
-from fhir_server.app import create_app
-from fhir_server.settings import Settings
-from tests.integration.conftest import BASE_URL, Server, nir_test_value, patient_resource
+from tests.integration.conftest import Server, nir_test_value, patient_resource
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,35 +54,7 @@ RESTRICTED = [{"coding": [{"system": CONFIDENTIALITY, "code": "R"}]}]
 INVISIBLE = [{"coding": [{"system": VISIBILITY, "code": "INVISIBLE_PATIENT"}]}]
 
 
-# -- the server: consent default deny (opt-in), as deployed --------------------------------------
-
-
-async def _start(mongo_uri: str, data_dir: Path, database: str) -> AsyncIterator[Server]:
-    settings = Settings(
-        mongodb_uri=mongo_uri,
-        database=database,
-        data_dir=data_dir,
-        base_url=BASE_URL,
-        consent_default="deny",
-    )
-    app = create_app(settings)
-    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
-    try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 50000))
-            async with httpx.AsyncClient(
-                transport=transport, base_url=BASE_URL.removesuffix("/fhir")
-            ) as http:
-                yield Server(app, http, client[database], data_dir)
-    finally:
-        await client.drop_database(database)
-        await client.close()
-
-
-@pytest.fixture(scope="module")
-async def deny_server(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-    async for running in _start(mongo_uri, tmp_path_factory.mktemp("consent"), f"cm_{uuid.uuid4().hex[:10]}"):
-        yield running
+# The server: `deny_server` (tests/integration/conftest.py), FHIR_CONSENT_DEFAULT=deny as deployed.
 
 
 # -- who asks ----------------------------------------------------------------------------------------
@@ -637,6 +605,15 @@ async def check_search_post(world: World, case: Case) -> None:
     assert response.json()["total"] == len(case.visible)
 
 
+async def check_search_system(world: World, case: Case) -> None:
+    server, built, headers = world.server, world.built[case.situation], world.headers(case)
+    ids = ",".join([*built.docs.values(), built.patient_id])
+    body = await get_json(server, f"/fhir?_type=DocumentReference,Patient&_id={ids}&_total=accurate", headers)
+    assert keys(built, ids_in(body)) == case.visible
+    assert (built.patient_id in ids_in(body, resource_type="Patient")) == case.patient_visible
+    assert body["total"] == len(case.visible) + int(case.patient_visible), "LEAK: system search total"
+
+
 async def check_summary_count(world: World, case: Case) -> None:
     server, built, headers = world.server, world.built[case.situation], world.headers(case)
     for params in (f"patient={built.patient_id}", f"_id={','.join(built.docs.values())}"):
@@ -756,6 +733,7 @@ PATHS: dict[str, Check] = {
     "search-id": check_search_id,
     "search-patient": check_search_patient,
     "search-post": check_search_post,
+    "search-system": check_search_system,
     "summary-count": check_summary_count,
     "chain": check_chain,
     "has": check_has,
