@@ -256,6 +256,10 @@ def _consented(allowed: Mapping[str, Filter], unloaded_permit: bool) -> Filter:
     by_filter: dict[str, tuple[Filter, list[str]]] = {}
     for patient, permits in allowed.items():
         by_filter.setdefault(repr(permits), (permits, []))[1].append(patient)
+    if not unloaded_permit and len(by_filter) == 1:
+        # Every loaded patient has the same filter and the compartment lies within them: no `$or`.
+        parts.append(next(iter(by_filter.values()))[0])
+        return all_of(*parts)
     for permits, patients in by_filter.values():
         parts.append(any_of({COMPARTMENT: {"$nin": patients}}, permits))
     return all_of(*parts)
