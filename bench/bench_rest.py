@@ -48,25 +48,24 @@ def patient(index: int) -> dict[str, Any]:
     }
 
 
-def load_patients(uri: str) -> list[str]:
+def load_patients(uri: str) -> None:
     registry = SearchRegistry.load()
     now = now_utc()
-    ids, current, history = [], [], []
+    current, history = [], []
     for index in range(PATIENTS):
         resource = patient(index) | {"id": str(uuid.uuid4())}
         resource["meta"] = {"versionId": "1", "lastUpdated": now.isoformat()}
         document = to_document(resource, version=1, last_updated=now, index=registry.extract(resource))
         current.append(document)
         history.append(to_history_document(document))
-        ids.append(resource["id"])
     with MongoClient(uri) as client:
         client[DATABASE].Patient.insert_many(current)
         client[DATABASE].Patient_history.insert_many(history)
-    return ids
 
 
 async def load(arguments: dict[str, Any]) -> list[dict[str, Any]]:
-    ids: list[str] = arguments["ids"]
+    client: AsyncMongoClient = AsyncMongoClient(arguments["mongo_uri"], maxPoolSize=CONCURRENCY)
+    ids: list[str] = [str(value) for value in await client[DATABASE].Patient.distinct("_id")]
     headers = {"Authorization": f"Bearer {arguments['token']}", "Content-Type": "application/fhir+json"}
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     results = []
@@ -86,7 +85,6 @@ async def load(arguments: dict[str, Any]) -> list[dict[str, Any]]:
             await drive("server POST Patient", create, concurrency=CONCURRENCY, total=REQUESTS // 2)
         )
 
-    client: AsyncMongoClient = AsyncMongoClient(arguments["mongo_uri"], maxPoolSize=CONCURRENCY)
     collection = client[DATABASE].Patient
 
     async def raw_read(index: int) -> bool:
@@ -106,13 +104,12 @@ async def load(arguments: dict[str, Any]) -> list[dict[str, Any]]:
 def main() -> int:
     with embedded_database() as database:
         print(f"loading {PATIENTS} Patients ...")
-        ids = load_patients(database.uri)
+        load_patients(database.uri)
         with server_process(database.uri) as (base_url, data_dir):
             token = mint_token(
                 data_dir, audience=base_url, subject="bench", scopes=["system/*.cruds", "user/*.cruds"]
             )
             arguments = {
-                "ids": ids,
                 "token": token,
                 "base_url": base_url.removesuffix("/fhir"),
                 "mongo_uri": database.uri,

@@ -29,6 +29,7 @@ from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.changes import Written
 from fhir_server.storage.documents import StoredResource
+from fhir_server.storage.filters import conjunction
 from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
 
 IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -326,7 +327,7 @@ class Repository:
 
     async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""
-        criteria = {"$and": [LIVE, query]} if query else LIVE
+        criteria = conjunction([LIVE, query])
         cursor = self.database[resource_type].find(criteria, projection={doc.RESOURCE: 1})
         return [item[doc.RESOURCE] async for item in cursor]
 
