@@ -1,4 +1,4 @@
-"""`fhir-server serve|token|audit|demo|import` — the command line of DESIGN §6."""
+"""`fhir-server serve|token|audit|demo|import|export` — the command line of DESIGN §6."""
 
 from __future__ import annotations
 
@@ -125,6 +125,41 @@ def import_files(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def export_files(args: argparse.Namespace) -> int:
+    import httpx
+
+    from fhir_server.auth.devkeys import mint_token
+    from fhir_server.exporter import ExportFailed, ExportRequest, run_export
+
+    base_url = args.base_url.rstrip("/")
+    token_value = args.token or mint_token(
+        _dev_key_dir(args),
+        audience=args.audience or base_url,
+        subject=args.client_id,
+        scopes=["system/*.rs"],
+        client_id=args.client_id,
+    )
+    request = ExportRequest(
+        args.level,
+        group=args.group,
+        types=args.type or (),
+        since=args.since,
+        type_filters=args.type_filter or (),
+    )
+    try:
+        with httpx.Client(timeout=args.timeout) as client:
+            manifest = run_export(
+                client, base_url, request, token=token_value, output=Path(args.output), progress=sys.stderr
+            )
+    except (ExportFailed, ValueError, httpx.HTTPError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    for item in manifest["output"]:
+        print(f"{Path(args.output) / str(item['url']).rsplit('/', 1)[-1]}\t{item['type']}\t{item['count']}")
+    print(f"transactionTime {manifest['transactionTime']} (the --since of the next export)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser.add_argument("--audience", help="aud of the minted token (default: the base URL)")
     import_parser.add_argument("--batch-size", type=int, default=100, help="resources per batch Bundle")
     import_parser.set_defaults(run=import_files)
+
+    export_parser = commands.add_parser("export", help="run a bulk $export and download its NDJSON files")
+    export_parser.add_argument("--base-url", default="http://127.0.0.1:8080/fhir")
+    export_parser.add_argument("--level", choices=["system", "patient", "group"], default="system")
+    export_parser.add_argument("--group", help="Group id (with --level group)")
+    export_parser.add_argument("--type", action="append", help="resource type to export, repeatable")
+    export_parser.add_argument("--since", help="FHIR instant: what changed since (a transactionTime)")
+    export_parser.add_argument("--type-filter", action="append", help="[type]?[search], repeatable")
+    export_parser.add_argument("--output", default="export", help="directory for the files (./export)")
+    export_parser.add_argument("--token", help="bearer token (default: minted with the development key)")
+    export_parser.add_argument("--client-id", default="fhir-server-export", help="client of a minted token")
+    export_parser.add_argument("--data-dir", help="the server's FHIR_DATA_DIR, for its development key")
+    export_parser.add_argument("--audience", help="aud of the minted token (default: the base URL)")
+    export_parser.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout, seconds")
+    export_parser.set_defaults(run=export_files)
     return parser
 
 

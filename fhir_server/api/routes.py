@@ -199,7 +199,10 @@ async def export_file(request: Request, job_id: str, name: str) -> Response:
     response = await _run(request, Interaction.OPERATION, handler)
     if response.status_code != 200 or into.file_id is None:
         return response
-    return StreamingResponse(into.chunks(), media_type=export.NDJSON, headers=dict(response.headers))
+    headers = {
+        key: value for key, value in response.headers.items() if key not in ("content-length", "content-type")
+    }
+    return StreamingResponse(into.chunks(), media_type=export.NDJSON, headers=headers)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")

@@ -138,6 +138,7 @@ async def kick_off(
         transaction_time=horizon.resume,
         created=ctx.now,
     )
+    await worker.ready()
     await worker.store.create(job)
     worker.wake()
     ctx.audit.touch(f"{STATUS_PATH}/{job.id}")
@@ -407,6 +408,8 @@ class ExportWorker:
         self._poll_seconds = poll_seconds
         self._concurrency = concurrency
         self._wake = asyncio.Event()
+        self._indexed = False
+        self._indexing = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
 
@@ -431,8 +434,17 @@ class ExportWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    async def ready(self) -> None:
+        """Create the job collections and indexes once, before any job is stored: the embedded
+        database may deadlock when one request creates a collection by inserting into it while
+        another creates it with its indexes."""
+        async with self._indexing:
+            if not self._indexed:
+                await self.store.ensure_indexes()
+                self._indexed = True
+
     async def _loop(self) -> None:
-        await self.store.ensure_indexes()
+        await self.ready()
         while True:
             try:
                 await self._tick()
@@ -450,7 +462,7 @@ class ExportWorker:
             if job_id not in self._running:
                 await self.store.delete(job_id)
         while len(self._running) < self._concurrency:
-            job = await self.store.claim(self.owner, now=now, lease=self.lease)
+            job = await self.store.claim(self.owner, now=now, lease=self.lease, running=list(self._running))
             if job is None:
                 return
             task = asyncio.create_task(self._run(job), name=f"export-{job.id}")
@@ -620,6 +632,9 @@ class _Runner:
         if len(part.buffer) >= FLUSH_BYTES:
             await part.stream.write(bytes(part.buffer))
             part.buffer.clear()
+        await self._renew_when_due()
+
+    async def _renew_when_due(self) -> None:
         if time.monotonic() - self._renewed >= RENEW_EVERY_SECONDS:
             await self._renew()
 
@@ -671,6 +686,7 @@ class _Runner:
             batch.append(patient)
             if len(batch) == AUDIT_BATCH:
                 await self._audit_patients(batch, summary)
+                await self._renew_when_due()
                 batch = []
         if batch:
             await self._audit_patients(batch, summary)

@@ -17,7 +17,7 @@ https://hl7.org/fhir/uv/bulkdata/export.html
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -171,10 +171,14 @@ class JobStore:
         found = await self._jobs.find_one({"_id": job_id})
         return None if found is None else ExportJob.from_document(found)
 
-    async def claim(self, owner: str, *, now: datetime, lease: timedelta) -> ExportJob | None:
-        """Take one pending job whose lease has lapsed (or was never taken), atomically."""
+    async def claim(
+        self, owner: str, *, now: datetime, lease: timedelta, running: Sequence[str] = ()
+    ) -> ExportJob | None:
+        """Take one pending job whose lease has lapsed (or was never taken), atomically; never one of
+        `running` (this worker's own, whatever their lease says)."""
         found = await self._jobs.find_one_and_update(
             {
+                "_id": {"$nin": list(running)},
                 "status": {"$in": [str(status) for status in PENDING]},
                 "$or": [{"lease": None}, {"lease": {"$lt": now}}],
             },
