@@ -50,6 +50,7 @@ from pymongo.errors import PyMongoError
 from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import granting_scopes
 from fhir_server.auth.tokens import bearer_token
+from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
@@ -62,7 +63,8 @@ from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import parse_search
 from fhir_server.storage import changes
 from fhir_server.storage import documents as doc
-from fhir_server.storage.exports import ExportJob, JobStatus, JobStore, LeaseLost, OutputFile
+from fhir_server.storage.exports import ExportJob, FileWriter, JobStatus, JobStore, LeaseLost, OutputFile
+from fhir_server.storage.guard import AccessGuard
 from fhir_server.validation import parse_resource_json
 
 log = logging.getLogger("fhir_server.export")
@@ -504,13 +506,32 @@ class _Part:
     resource_type: str
     name: str
     file_id: ObjectId
-    stream: Any
+    stream: FileWriter
     count: int = 0
     size: int = 0
     buffer: bytearray = field(default_factory=bytearray)
     patients: set[str] = field(default_factory=set)
 
 
+class _RenewedGuard:
+    """The guard of one type's scan: the database filter of the first guard (fixed when the cursor
+    opens), the decisions of the latest, renewed every `GUARD_RENEWAL` resources. A consent revoked
+    during a long export applies from the next renewal, and the evaluator's per-patient cache (and
+    the decoded ids it keeps alive) is let go, so memory does not grow with the number of patients."""
+
+    def __init__(self, guard: AccessGuard) -> None:
+        self.first = guard
+        self.current = guard
+        self.decided = 0
+
+    def query_filter(self, resource_type: str) -> Mapping[str, Any] | None:
+        return self.first.query_filter(resource_type)
+
+    def decide(self, stored: doc.StoredResource) -> Decision:
+        return self.current.decide(stored)
+
+
+GUARD_RENEWAL = 5_000
 FLUSH_BYTES = 256 * 1024
 RENEW_EVERY_SECONDS = 2.0
 
@@ -574,9 +595,7 @@ class _Runner:
         job = self._job
         await self._update({"$set": {"current_type": resource_type}})
         ctx = self._context(Interaction.SEARCH_TYPE)
-        guard = await self._services.access.provider(ctx, interaction=Interaction.SEARCH_TYPE).guard(
-            resource_type, patients=None
-        )
+        guard = _RenewedGuard(await self._guard(resource_type))
         query = await self._query(ctx, resource_type)
         number = 0
         async for stored in self._services.repository.scan(resource_type, query, guard=guard):
@@ -586,10 +605,22 @@ class _Runner:
             await self._write(stored)
             if self._part is not None and self._part.size >= self._worker.part_bytes:
                 await self._close_part()
+            guard.decided += 1
+            if guard.decided % GUARD_RENEWAL == 0:
+                guard.current = await self._guard(resource_type)
+                if self._part is not None:
+                    await self._store.add_patients(self._job.id, self._part.patients)
+                    self._part.patients.clear()
         if self._part is not None:
             await self._close_part()
         await self._update({"$push": {"done_types": resource_type}, "$set": {"current_type": None}})
         self._job = _with_done(job, resource_type)
+
+    async def _guard(self, resource_type: str) -> AccessGuard:
+        """A guard with the consents as they are now (consent/: loaded afresh, never cached)."""
+        ctx = self._context(Interaction.SEARCH_TYPE)
+        provider = self._services.access.provider(ctx, interaction=Interaction.SEARCH_TYPE)
+        return await provider.guard(resource_type, patients=None)
 
     async def _query(self, ctx: InteractionContext, resource_type: str) -> dict[str, Any]:
         job = self._job
@@ -615,9 +646,9 @@ class _Runner:
 
     async def _open_part(self, resource_type: str, number: int) -> None:
         name = f"{resource_type}-{number}.ndjson"
-        file_id, stream = self._store.open_file(self._job.id, name)
-        await self._update({"$set": {"writing": file_id}})
-        self._part = _Part(resource_type, name, file_id, stream)
+        writer = self._store.open_file(self._job.id, name)
+        await self._update({"$set": {"writing": writer.file_id}})
+        self._part = _Part(resource_type, name, writer.file_id, writer)
 
     async def _write(self, stored: doc.StoredResource) -> None:
         part = self._part
@@ -649,7 +680,7 @@ class _Runner:
             return
         if part.buffer:
             await part.stream.write(bytes(part.buffer))
-        await part.stream.close()
+        await part.stream.close(now=doc.now_utc())
         await self._store.add_patients(self._job.id, part.patients)
         output = OutputFile(part.resource_type, part.name, part.file_id, part.count)
         await self._update(

@@ -10,7 +10,9 @@ https://hl7.org/fhir/uv/bulkdata/export.html
   the same job and a cancelled job stops at the runner's next renewal.
 - GridFS bucket `export`: the NDJSON files, each with `metadata.job`. A file being written is named
   in the job (`writing`) before its first chunk, so a runner that dies leaves no file unaccounted
-  for: the next owner deletes it and rewrites that type from its start.
+  for: the next owner (or the cleaner) deletes it, and that type is rewritten from its start. Files
+  are written chunk by chunk (`FileWriter`, the GridFS layout): the driver's own writer buffers up to
+  48 MB of chunks before inserting them, which would make memory grow with the export.
 - `_export_patients`: the patients whose data went into a job's files (one document per job and
   patient), for the per-patient AuditEvents at completion without holding them in memory.
 """
@@ -23,7 +25,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from bson import ObjectId
+from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket, NoFile
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -147,12 +149,62 @@ class ExportJob:
         }
 
 
+CHUNK_BYTES = 255 * 1024
+"""The GridFS default chunk size."""
+
+
+class FileWriter:
+    """One GridFS file, one chunk insert at a time: memory holds at most one chunk."""
+
+    def __init__(
+        self, database: AsyncDatabase[dict[str, Any]], file_id: ObjectId, name: str, job_id: str
+    ) -> None:
+        self.file_id = file_id
+        self._files = database[f"{BUCKET}.files"]
+        self._chunks = database[f"{BUCKET}.chunks"]
+        self._name = name
+        self._job_id = job_id
+        self._buffer = bytearray()
+        self._number = 0
+        self._length = 0
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        self._length += len(data)
+        while len(self._buffer) >= CHUNK_BYTES:
+            await self._chunk(bytes(self._buffer[:CHUNK_BYTES]))
+            del self._buffer[:CHUNK_BYTES]
+
+    async def _chunk(self, data: bytes) -> None:
+        await self._chunks.insert_one({"files_id": self.file_id, "n": self._number, "data": Binary(data)})
+        self._number += 1
+
+    async def close(self, *, now: datetime) -> None:
+        if self._buffer:
+            await self._chunk(bytes(self._buffer))
+            self._buffer.clear()
+        await self._files.insert_one(
+            {
+                "_id": self.file_id,
+                "length": self._length,
+                "chunkSize": CHUNK_BYTES,
+                "uploadDate": now,
+                "filename": self._name,
+                "metadata": {"job": self._job_id},
+            }
+        )
+
+    async def abort(self) -> None:
+        await self._chunks.delete_many({"files_id": self.file_id})
+
+
 class LeaseLost(Exception):
     """The job was cancelled, expired or claimed by another instance: its runner must stop."""
 
 
 class JobStore:
     def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
+        self._database = database
         self._jobs = database[JOBS_COLLECTION]
         self._patients = database[PATIENTS_COLLECTION]
         self._files = database[f"{BUCKET}.files"]
@@ -163,6 +215,9 @@ class JobStore:
         await self._jobs.create_index([("expires", ASCENDING)])
         await self._patients.create_index([("job", ASCENDING)])
         await self._files.create_index([("metadata.job", ASCENDING)])
+        await self._database[f"{BUCKET}.chunks"].create_index(
+            [("files_id", ASCENDING), ("n", ASCENDING)], unique=True
+        )
 
     async def create(self, job: ExportJob) -> None:
         await self._jobs.insert_one(job.to_document())
@@ -214,6 +269,9 @@ class JobStore:
         return [item["_id"] async for item in cursor]
 
     async def delete(self, job_id: str) -> None:
+        job = await self._jobs.find_one({"_id": job_id}, projection={"writing": 1})
+        if job is not None and job.get("writing") is not None:
+            await self.delete_file(job["writing"])
         async for item in self._files.find({"metadata.job": job_id}, projection={"_id": 1}):
             await self.delete_file(item["_id"])
         await self._patients.delete_many({"job": job_id})
@@ -221,10 +279,8 @@ class JobStore:
 
     # -- files ----------------------------------------------------------------------------------
 
-    def open_file(self, job_id: str, name: str) -> tuple[ObjectId, Any]:
-        file_id = ObjectId()
-        stream = self._bucket.open_upload_stream_with_id(file_id, name, metadata={"job": job_id})
-        return file_id, stream
+    def open_file(self, job_id: str, name: str) -> FileWriter:
+        return FileWriter(self._database, ObjectId(), name, job_id)
 
     async def delete_file(self, file_id: ObjectId) -> None:
         try:
@@ -264,6 +320,7 @@ __all__ = [
     "JOBS_COLLECTION",
     "PENDING",
     "ExportJob",
+    "FileWriter",
     "JobStatus",
     "JobStore",
     "LeaseLost",
