@@ -12,11 +12,13 @@ from functools import cache
 from typing import Any
 
 from fhir_server import __version__
+from fhir_server.auth import discovery
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.search.registry import SearchRegistry
+from fhir_server.settings import Settings
 from fhir_server.storage.documents import instant
 
 
@@ -25,10 +27,15 @@ def _template() -> dict[str, Any]:
     return dict(json.loads((CAPABILITY_DIR / "CapabilityStatement.json").read_text(encoding="utf-8")))
 
 
-def build_capability_statement(registry: SearchRegistry, *, base_url: str) -> dict[str, Any]:
+def build_capability_statement(
+    registry: SearchRegistry, *, base_url: str, settings: Settings
+) -> dict[str, Any]:
     statement = copy.deepcopy(_template())
     statement["software"]["version"] = __version__
     statement["implementation"]["url"] = base_url
+    oauth_uris = discovery.oauth_uris_extension(settings)
+    if oauth_uris:
+        statement["rest"][0]["security"]["extension"] = oauth_uris
     for resource in statement["rest"][0]["resource"]:
         if not any(item["code"] == "search-type" for item in resource["interaction"]):
             continue
@@ -41,6 +48,8 @@ def build_capability_statement(registry: SearchRegistry, *, base_url: str) -> di
 
 
 async def capability_statement(ctx: InteractionContext, services: Services) -> FhirResponse:
-    statement = build_capability_statement(services.registry, base_url=services.base_url)
+    statement = build_capability_statement(
+        services.registry, base_url=services.base_url, settings=services.settings
+    )
     statement["date"] = instant(ctx.now)
     return FhirResponse(200, statement)
