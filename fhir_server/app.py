@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from pymongo import AsyncMongoClient
@@ -40,7 +41,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             embedded = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
             uri = embedded.uri
             log.info("embedded database listening on %s", uri)
-        client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
         try:
             database = client[settings.database]
             validation.warm_up()

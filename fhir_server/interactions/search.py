@@ -434,8 +434,8 @@ def _shaped(request: SearchRequest, resource: Mapping[str, Any]) -> dict[str, An
         wanted = set(request.elements) | MANDATORY_ELEMENTS.get(resource_type, frozenset()) | ALWAYS_KEPT
         kept = {key: value for key, value in resource.items() if _element_name(key, wanted)}
     elif request.summary == "true":
-        wanted = SUMMARY_ELEMENTS.get(resource_type, frozenset()) | ALWAYS_KEPT
-        kept = {key: value for key, value in resource.items() if key in wanted}
+        summary = SUMMARY_ELEMENTS.get(resource_type, frozenset()) | ALWAYS_KEPT
+        kept = {key: value for key, value in resource.items() if key in summary}
     elif request.summary == "data":
         kept = {key: value for key, value in resource.items() if key != "text"}
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +33,7 @@ async def configured(mongo_uri: str, tmp_path: Path) -> AsyncIterator[httpx.Asyn
         auth_token_url=TOKEN,
     )
     app = create_app(settings)
-    client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
