@@ -99,10 +99,37 @@ def _server_rest(statement: dict[str, Any]) -> dict[str, Any]:
     return next((rest for rest in statement.get("rest") or [] if rest.get("mode") == "server"), {})
 
 
+DECLARED = (
+    "declared_interaction",
+    "declared_search",
+    "declared_system_interaction",
+    "declared_include",
+    "declared_revinclude",
+    "declared_operation",
+    "declared_flag",
+)
+FLAGS = ("updateCreate", "conditionalCreate", "conditionalUpdate", "readHistory")
+"""Boolean CapabilityStatement.rest.resource flags; `true` declares a behaviour to exercise."""
+
+
+def _declared_flags(resource: dict[str, Any]) -> list[str]:
+    """The behaviours a resource entry promises beyond its interactions (R4 CapabilityStatement)."""
+    flags = [flag for flag in FLAGS if resource.get(flag) is True]
+    if resource.get("versioning") == "versioned-update":
+        flags.append("versioned-update")
+    if resource.get("conditionalDelete") in ("single", "multiple"):
+        flags.append(f"conditionalDelete-{resource['conditionalDelete']}")
+    if resource.get("conditionalRead") not in (None, "not-supported"):
+        flags.append(f"conditionalRead-{resource['conditionalRead']}")
+    return flags
+
+
+def _parametrize(metafunc: pytest.Metafunc, name: str, cases: list[Any], ids: list[str]) -> None:
+    metafunc.parametrize(name, cases or [None], ids=ids or ["none"])
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if not {"declared_interaction", "declared_search", "declared_system_interaction"} & set(
-        metafunc.fixturenames
-    ):
+    if not set(DECLARED) & set(metafunc.fixturenames):
         return
     rest = _server_rest(_capability(metafunc.config))
     resources = rest.get("resource") or []
@@ -123,6 +150,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "declared_system_interaction" in metafunc.fixturenames:
         cases = [i["code"] for i in rest.get("interaction") or []]
         metafunc.parametrize("declared_system_interaction", cases or ["<none>"], ids=cases or ["none"])
+    for name, element in (("declared_include", "searchInclude"), ("declared_revinclude", "searchRevInclude")):
+        if name in metafunc.fixturenames:
+            pairs = [(r["type"], value) for r in resources for value in r.get(element) or []]
+            _parametrize(metafunc, name, pairs, [f"{t}-{v}" for t, v in pairs])
+    if "declared_operation" in metafunc.fixturenames:
+        operations = [(r["type"], o["name"]) for r in resources for o in r.get("operation") or []]
+        operations += [("system", o["name"]) for o in rest.get("operation") or []]
+        _parametrize(metafunc, "declared_operation", operations, [f"{t}-${n}" for t, n in operations])
+    if "declared_flag" in metafunc.fixturenames:
+        flags = [(r["type"], flag) for r in resources for flag in _declared_flags(r)]
+        _parametrize(metafunc, "declared_flag", flags, [f"{t}-{f}" for t, f in flags])
 
 
 # -- fixtures ---------------------------------------------------------------------------------------

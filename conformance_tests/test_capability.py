@@ -7,7 +7,7 @@ FHIR R4 capabilitystatement.html, http.html, search.html; DESIGN §1, §3.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +18,12 @@ from conformance_harness import (
     ROLES,
     Fhir,
     Record,
+    TokenSource,
     consent_resource,
     document_resource,
     entries,
     patient_resource,
+    records,
     unique,
 )
 
@@ -140,6 +142,14 @@ class Exerciser:
         created = response.json()
         assert created.get("resourceType") == self.type and created.get("id")
         return dict(created)
+
+    def request_with(
+        self, role: str, method: str, path: str, params: dict[str, str], body: dict[str, Any] | None
+    ) -> httpx.Response:
+        """A conditional request: search criteria in the query string."""
+        return self.fhir.request(
+            method, path, who=role, patient=self.record.patient_id, params=params, json_body=body
+        )
 
     def run(self, interaction: str) -> None:
         action = getattr(self, "_" + interaction.replace("-", "_"), None)
@@ -317,3 +327,158 @@ def test_declared_system_interaction_is_served(
         assert response.status_code == 200 and response.json()["type"] == "searchset", response.text[:300]
     else:
         pytest.fail(f"the server declares {declared_system_interaction!r}, which this suite cannot exercise")
+
+
+@pytest.fixture(scope="module")
+def capability_record(fhir: Fhir, tokens: TokenSource) -> Iterator[Record]:
+    """The record the include, operation and flag cases write to, so that what they add stays out of
+    the shared record other modules count on."""
+    yield from records(fhir, tokens)
+
+
+def _search_served(fhir: Fhir, role: str, record: Record, resource_type: str, params: dict[str, str]) -> None:
+    """A strict search (`Prefer: handling=strict`: an unsupported parameter is a 400, not a warning)
+    answers 200 with a searchset and no OperationOutcome entry."""
+    response = fhir.get(
+        resource_type,
+        who=role,
+        patient=record.patient_id,
+        params=params,
+        headers={"Prefer": "handling=strict"},
+    )
+    assert response.status_code == 200, (
+        f"{resource_type}?{params}: {response.status_code} {response.text[:400]}"
+    )
+    bundle = response.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+    assert not entries(bundle, mode="outcome"), f"the server warned: {entries(bundle, mode='outcome')}"
+
+
+def test_declared_include_is_served(
+    fhir: Fhir, capability_record: Record, declared_include: tuple[str, str] | None
+) -> None:
+    """Each `searchInclude` of a type is accepted by a strict search of that type."""
+    if declared_include is None:
+        pytest.skip("no searchInclude declared")
+    resource_type, value = declared_include
+    exerciser = Exerciser(fhir, capability_record, resource_type)
+    resource = exerciser.existing()
+    params = {"_id": resource["id"], "_include": value}
+    _search_served(fhir, exerciser.kit.reader, capability_record, resource_type, params)
+
+
+def test_declared_revinclude_is_served(
+    fhir: Fhir, capability_record: Record, declared_revinclude: tuple[str, str] | None
+) -> None:
+    """Each `searchRevInclude` of a type is accepted by a strict search of that type."""
+    if declared_revinclude is None:
+        pytest.skip("no searchRevInclude declared")
+    resource_type, value = declared_revinclude
+    exerciser = Exerciser(fhir, capability_record, resource_type)
+    resource = exerciser.existing()
+    params = {"_id": resource["id"], "_revinclude": value}
+    _search_served(fhir, exerciser.kit.reader, capability_record, resource_type, params)
+
+
+def _kick_off_and_cancel(fhir: Fhir, path: str) -> None:
+    """A Bulk Data kick-off answers 202 with the status URL, which a DELETE then cancels."""
+    response = fhir.get(path, who="system", headers={"Prefer": "respond-async"})
+    assert response.status_code == 202, f"{path}: {response.status_code} {response.text[:400]}"
+    status_url = response.headers.get("content-location")
+    assert status_url, "an $export kick-off names its status URL in Content-Location"
+    cancelled = fhir.delete(status_url, who="system")
+    assert cancelled.status_code == 202, cancelled.text[:300]
+
+
+def test_declared_operation_is_served(
+    fhir: Fhir, capability_record: Record, declared_operation: tuple[str, str] | None
+) -> None:
+    """Each operation declared on a type or on the system is served: `$validate` answers an
+    OperationOutcome without errors for a valid resource, `$export` kicks off (then is cancelled)."""
+    if declared_operation is None:
+        pytest.skip("no operation declared")
+    owner, name = declared_operation
+    if (owner, name) == ("system", "export"):
+        _kick_off_and_cancel(fhir, "$export")
+    elif name == "export" and owner == "Patient":
+        _kick_off_and_cancel(fhir, "Patient/$export")
+    elif name == "validate" and owner != "system":
+        exerciser = Exerciser(fhir, capability_record, owner)
+        example = exerciser.kit.build(capability_record) if exerciser.kit.build else exerciser.existing()
+        response = exerciser.call(exerciser.kit.reader, "POST", f"{owner}/$validate", json_body=example)
+        assert response.status_code == 200, response.text[:400]
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        errors = [issue for issue in outcome["issue"] if issue["severity"] in ("error", "fatal")]
+        assert not errors, errors
+    else:
+        pytest.fail(f"{owner} declares ${name}, which this suite cannot exercise")
+
+
+def _conditional_delete(fhir: Fhir, exerciser: Exerciser) -> None:
+    """`DELETE [type]?_id=...` deletes the one match. A Patient is deleted, as in `_delete_patient`,
+    by a professional its Consent permits."""
+    if exerciser.type == "Patient":
+        record = Record(fhir)
+        record.grant("gp")
+        role, target_id = "gp", record.patient_id
+    else:
+        role, target_id = exerciser.kit.writer, exerciser.create()["id"]
+    response = exerciser.request_with(role, "DELETE", exerciser.type, {"_id": target_id}, None)
+    assert response.status_code in (200, 202, 204), response.text[:400]
+    assert exerciser.call(role, "GET", f"{exerciser.type}/{target_id}").status_code == 410
+
+
+def test_declared_flag_is_honoured(
+    fhir: Fhir, capability_record: Record, declared_flag: tuple[str, str] | None
+) -> None:
+    """Each behaviour a resource entry promises (updateCreate, conditional create / update / delete,
+    version-aware updates, readHistory) is served as FHIR R4 http.html specifies."""
+    if declared_flag is None:
+        pytest.skip("no flag declared")
+    resource_type, flag = declared_flag
+    exerciser = Exerciser(fhir, capability_record, resource_type)
+    writer = exerciser.kit.writer
+    if flag == "updateCreate":
+        assert exerciser.kit.build is not None
+        resource = {**exerciser.kit.build(capability_record), "id": f"cap-{unique()}"}
+        response = exerciser.call(writer, "PUT", f"{resource_type}/{resource['id']}", json_body=resource)
+        assert response.status_code == 201, response.text[:400]
+    elif flag == "conditionalCreate":
+        resource = exerciser.create()
+        assert exerciser.kit.build is not None
+        response = exerciser.call(
+            writer,
+            "POST",
+            resource_type,
+            json_body=exerciser.kit.build(capability_record),
+            headers={"If-None-Exist": f"_id={resource['id']}"},
+        )
+        assert response.status_code == 200, response.text[:400]
+        assert response.json()["id"] == resource["id"], "a matching If-None-Exist creates nothing"
+    elif flag == "conditionalUpdate":
+        resource = exerciser.create()
+        response = exerciser.request_with(writer, "PUT", resource_type, {"_id": resource["id"]}, resource)
+        assert response.status_code == 200, response.text[:400]
+        assert response.json()["meta"]["versionId"] == "2"
+    elif flag == "conditionalDelete-single":
+        _conditional_delete(fhir, exerciser)
+    elif flag == "versioned-update":
+        resource = exerciser.create()
+        response = exerciser.call(
+            writer,
+            "PUT",
+            f"{resource_type}/{resource['id']}",
+            json_body=resource,
+            headers={"If-Match": 'W/"99"'},
+        )
+        assert response.status_code == 412, response.text[:400]
+    elif flag == "readHistory":
+        resource = exerciser.create()
+        updated = exerciser.call(writer, "PUT", f"{resource_type}/{resource['id']}", json_body=resource)
+        assert updated.status_code == 200, updated.text[:400]
+        response = exerciser.call(exerciser.kit.reader, "GET", f"{resource_type}/{resource['id']}/_history/1")
+        assert response.status_code == 200, response.text[:400]
+        assert response.json()["meta"]["versionId"] == "1"
+    else:
+        pytest.fail(f"{resource_type} declares {flag}, which this suite cannot exercise")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from pymongo import AsyncMongoClient
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from fhir_server import validation
 from fhir_server.api import errors, routes
 from fhir_server.audit.sink import MongoAuditSink
+from fhir_server.auth import discovery
 from fhir_server.auth.tokens import TokenVerifier, load_jwks
 from fhir_server.fhir.resources import SUPPORTED_TYPES
 from fhir_server.interactions.access import AccessControl
@@ -39,7 +41,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             embedded = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
             uri = embedded.uri
             log.info("embedded database listening on %s", uri)
-        client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
         try:
             database = client[settings.database]
             validation.warm_up()
@@ -79,7 +81,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
 
     async def smart_configuration(request: Request) -> Response:
         services: Services = request.app.state.services
-        return JSONResponse(smart_configuration_document(services.base_url))
+        return JSONResponse(discovery.smart_configuration(services.settings))
 
     app.add_api_route("/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
     app.add_api_route("/fhir/.well-known/smart-configuration", smart_configuration, include_in_schema=False)
@@ -95,32 +97,3 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
         )
 
     return app
-
-
-def smart_configuration_document(base_url: str) -> dict[str, object]:
-    """SMART App Launch v2 discovery. Tokens are issued by an external authorization server (or the
-    development CLI), so only the resource-server facts are stated."""
-    return {
-        "issuer": base_url,
-        "capabilities": [
-            "permission-v1",
-            "permission-v2",
-            "permission-patient",
-            "permission-user",
-            "client-confidential-asymmetric",
-        ],
-        "scopes_supported": [
-            "patient/*.cruds",
-            "user/*.cruds",
-            "system/*.cruds",
-            "patient/Patient.rs",
-            "patient/DocumentReference.rs",
-            "patient/Consent.cruds",
-            "patient/AuditEvent.rs",
-            "user/AuditEvent.rs",
-            "fhirUser",
-        ],
-        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
-        "grant_types_supported": ["client_credentials", "authorization_code"],
-        "code_challenge_methods_supported": ["S256"],
-    }

@@ -69,7 +69,7 @@ def run_export(
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
     kicked = client.get(
         base_url.rstrip("/") + request.path(),
-        params=request.params(),
+        params=tuple(request.params()),
         headers={**headers, "Prefer": "respond-async"},
     )
     if kicked.status_code != 202:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BREAK_GLASS_ROLES = (
@@ -23,13 +24,42 @@ class Settings(BaseSettings):
     auth_jwks: str | None = None
     auth_issuer: str | None = None
     auth_audience: str | None = None
+    auth_authorize_url: str | None = None
+    auth_token_url: str | None = None
     consent_default: Literal["deny", "permit"] = "deny"
     break_glass_roles: str = DEFAULT_BREAK_GLASS_ROLES
 
-    @field_validator("mongodb_uri", "base_url", "auth_jwks", "auth_issuer", "auth_audience", mode="before")
+    @field_validator(
+        "mongodb_uri",
+        "base_url",
+        "auth_jwks",
+        "auth_issuer",
+        "auth_audience",
+        "auth_authorize_url",
+        "auth_token_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("auth_authorize_url", "auth_token_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        """SMART discovery publishes absolute endpoint URLs only: anything else is refused at start-up."""
+        if value is None:
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.fragment:
+            raise ValueError(f"{value!r} is not an absolute http(s) URL")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _token_endpoint_with_authorize(self) -> Settings:
+        """An authorization endpoint is useless without the token endpoint that redeems its codes."""
+        if self.auth_authorize_url is not None and self.auth_token_url is None:
+            raise ValueError("FHIR_AUTH_AUTHORIZE_URL is set but FHIR_AUTH_TOKEN_URL is not: set both")
+        return self
 
     def resolved_base_url(self, host: str, port: int) -> str:
         return (self.base_url or f"http://{host}:{port}/fhir").rstrip("/")

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response, StreamingResponse
 
 from fhir_server.api.render import to_http
@@ -107,9 +108,10 @@ def _with_body(request: Request, call: Callable[..., Awaitable[FhirResponse]], *
 
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
-    return await _run(
-        request, Interaction.CAPABILITIES, capabilities.capability_statement, anonymous_allowed=True
-    )
+    """The CapabilityStatement, whose operations are read from this router's own routes."""
+    paths = [route.path.removeprefix(router.prefix) for route in router.routes if isinstance(route, APIRoute)]
+    handler = partial(capabilities.capability_statement, paths=paths)
+    return await _run(request, Interaction.CAPABILITIES, handler, anonymous_allowed=True)
 
 
 @router.post("")

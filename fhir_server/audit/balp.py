@@ -177,7 +177,7 @@ def outcome_of(status: int) -> str:
 
 def build_audit_events(facts: InteractionFacts) -> list[dict[str, Any]]:
     """The AuditEvents of one interaction: one per patient concerned, or one when none is."""
-    patients = list(dict.fromkeys(facts.patient_ids)) or [None]
+    patients: list[str | None] = [*dict.fromkeys(facts.patient_ids)] or [None]
     return [_event(facts, patient) for patient in patients]
 
 

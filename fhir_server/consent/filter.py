@@ -28,11 +28,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from itertools import combinations
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from fhir_server.consent.codes import ACCESS, COLLECT, CONFIDENTIALITY_ORDER, CONFIDENTIALITY_SYSTEM
-from fhir_server.consent.evaluate import AUTHORED_BY, REFERENCE_PATHS, Evaluator
-from fhir_server.consent.provisions import CompiledConsent, DataItem, Label, Provision
+from fhir_server.consent.evaluate import REFERENCE_PATHS, Evaluator
+from fhir_server.consent.provisions import AUTHORED_BY, CompiledConsent, DataItem, Label, Provision
 from fhir_server.fhir.resources import AUDIT_EVENT, DOCUMENT_REFERENCE, PATIENT
 from fhir_server.storage.documents import (
     COMPARTMENT,
@@ -68,7 +68,7 @@ def _clauses(condition: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             yield key, value
 
 
-def _is_operator_document(value: Any) -> bool:
+def _is_operator_document(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and bool(value) and all(str(k).startswith("$") for k in value)
 
 
@@ -162,7 +162,7 @@ def consent_filter(
     }
     unloaded_permit = all_patients and (evaluator.default_permits(resource_type) or evaluator.break_the_glass)
     if all(isinstance(permits, bool) for permits in allowed.values()):
-        keyed = _keyed(evaluator, resource_type, allowed, unloaded_permit)
+        keyed = _keyed(evaluator, resource_type, cast(Mapping[str, bool], allowed), unloaded_permit)
         if keyed is not None:
             return keyed
     return _general(evaluator, resource_type, allowed, unloaded_permit)

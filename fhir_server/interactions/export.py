@@ -32,6 +32,7 @@ into the files, each naming the job's requester (BALP split per patient).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -173,10 +174,10 @@ def _parameters(ctx: InteractionContext, body: bytes) -> list[tuple[str, str]]:
     for parameter in payload.get("parameter") or []:
         name = parameter.get("name")
         value = parameter.get("valueString") or parameter.get("valueInstant") or parameter.get("valueCode")
-        reference = (parameter.get("valueReference") or {}).get("reference")
-        if not isinstance(name, str) or not isinstance(value or reference, str):
+        chosen = value or (parameter.get("valueReference") or {}).get("reference")
+        if not isinstance(name, str) or not isinstance(chosen, str):
             raise bad_request("Each $export parameter needs a name and a string, instant or reference value")
-        params.append((name, value or reference))
+        params.append((name, chosen))
     return params
 
 
@@ -469,9 +470,9 @@ class ExportWorker:
                 return
             task = asyncio.create_task(self._run(job), name=f"export-{job.id}")
             self._running[job.id] = task
-            task.add_done_callback(lambda _, job_id=job.id: self._finished(job_id))
+            task.add_done_callback(functools.partial(self._finished, job.id))
 
-    def _finished(self, job_id: str) -> None:
+    def _finished(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
         self._wake.set()
 

@@ -35,6 +35,7 @@ from fhir_server.search.paging import (
     sort_values,
 )
 from fhir_server.search.parse import Clause, Include, SearchRequest, parse_search
+from fhir_server.search.registry import ANY_TYPE, SearchParameter, SearchRegistry
 from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.guard import GuardProvider
 
@@ -354,13 +355,44 @@ async def _includes(
     return included
 
 
+SEARCHABLE_TYPES: tuple[str, ...] = tuple(t for t in SUPPORTED_TYPES if t not in REACHED_THROUGH_DOCUMENTS)
+
+
+def reachable_types(parameter: SearchParameter) -> frozenset[str]:
+    """The stored types an `_include` of this reference parameter can return."""
+    if not parameter.targets or ANY_TYPE in parameter.targets:
+        return frozenset(SUPPORTED_TYPES)
+    return frozenset(parameter.targets) & frozenset(SUPPORTED_TYPES)
+
+
+def includes_for(registry: SearchRegistry, resource_type: str) -> list[str]:
+    """`_include` values a search of `resource_type` resolves (`Type:parameter`): the type's reference
+    parameters that can name a stored type (the CapabilityStatement's `searchInclude`)."""
+    return [
+        f"{resource_type}:{code}"
+        for code, parameter in sorted(registry.parameters_for(resource_type).items())
+        if parameter.type == "reference" and reachable_types(parameter)
+    ]
+
+
+def revincludes_for(registry: SearchRegistry, resource_type: str) -> list[str]:
+    """`_revinclude` values a search of `resource_type` resolves: the reference parameters of searchable
+    types that can name `resource_type` (the CapabilityStatement's `searchRevInclude`)."""
+    return [
+        f"{source_type}:{code}"
+        for source_type in sorted(SEARCHABLE_TYPES)
+        for code, parameter in sorted(registry.parameters_for(source_type).items())
+        if parameter.type == "reference" and resource_type in reachable_types(parameter)
+    ]
+
+
 async def _follow(
     services: Services, provider: GuardProvider, include: Include, sources: list[StoredResource]
 ) -> list[StoredResource]:
     code = include.parameter.code
     if include.reverse:
         keys = sorted({stored.reference for stored in sources})
-        if not keys or include.source_type not in SUPPORTED_TYPES:
+        if not keys or include.source_type not in SEARCHABLE_TYPES:
             return []
         guard = await provider.guard(include.source_type, patients=None)
         return await services.repository.find(
@@ -372,7 +404,7 @@ async def _follow(
             continue
         for key in _index_values(stored, code):
             target_type, _, target_id = key.partition("/")
-            if "/" in target_id or not target_id or target_type not in SUPPORTED_TYPES:
+            if "/" in target_id or not target_id or target_type not in reachable_types(include.parameter):
                 continue
             if include.target_type is None or include.target_type == target_type:
                 by_type.setdefault(target_type, set()).add(target_id)
@@ -402,8 +434,8 @@ def _shaped(request: SearchRequest, resource: Mapping[str, Any]) -> dict[str, An
         wanted = set(request.elements) | MANDATORY_ELEMENTS.get(resource_type, frozenset()) | ALWAYS_KEPT
         kept = {key: value for key, value in resource.items() if _element_name(key, wanted)}
     elif request.summary == "true":
-        wanted = SUMMARY_ELEMENTS.get(resource_type, frozenset()) | ALWAYS_KEPT
-        kept = {key: value for key, value in resource.items() if key in wanted}
+        summary = SUMMARY_ELEMENTS.get(resource_type, frozenset()) | ALWAYS_KEPT
+        kept = {key: value for key, value in resource.items() if key in summary}
     elif request.summary == "data":
         kept = {key: value for key, value in resource.items() if key != "text"}
     else:

@@ -36,9 +36,9 @@ async def _clause_filter(
 ) -> dict[str, Any]:
     if isinstance(clause, HasClause):
         inner = await _clause_filter(clause.resource_type, clause.clause, resolve)
-        keys = await resolve(clause.resource_type, inner, field=clause.reference.field)
+        referring = await resolve(clause.resource_type, inner, field=clause.reference.field)
         prefix = f"{resource_type}/"
-        ids = sorted({key[len(prefix) :] for key in keys if key.startswith(prefix)})
+        ids = sorted({key[len(prefix) :] for key in referring if key.startswith(prefix)})
         return {ID_FIELD: {"$in": ids}}
     field = clause.parameter.field
     if clause.chain:

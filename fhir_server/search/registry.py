@@ -71,7 +71,8 @@ class SearchParameter:
 
 @dataclass(frozen=True)
 class _Branch:
-    evaluate: Callable[[Mapping[str, Any]], list[Any]]
+    evaluate: Callable[[Mapping[str, Any], Mapping[str, Any] | None], list[Any]]
+    """fhirpathpy's compiled expression: (resource, context variables)."""
     resolve_type: str | None
     root_element: str | None
     """When set, a resource without an element starting with this name yields nothing (fast path)."""
@@ -205,7 +206,7 @@ class SearchRegistry:
                 element = branch.root_element
                 if element is not None and not any(key.startswith(element) for key in keys):
                     continue
-                found = branch.evaluate(resource)
+                found = branch.evaluate(resource, None)
                 if branch.resolve_type is not None:
                     found = _references_to(found, branch.resolve_type)
                 values.extend(found)

@@ -127,7 +127,7 @@ def decode_data(resource: Mapping[str, Any], *, expression: str = "Binary.data")
 class BinaryStore:
     """The GridFS bucket of Binary content, with the pending/committed marker of the module docstring."""
 
-    def __init__(self, database: AsyncDatabase) -> None:
+    def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
         self._database = database
         self._bucket = AsyncGridFSBucket(database, bucket_name=BUCKET)
         self._indexed = False

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -64,7 +65,7 @@ class EmbeddedDatabase:
                     f"see {self.storage_path / 'secantus.log'}"
                 )
             with contextlib.suppress(PyMongoError):
-                with MongoClient(self.uri, serverSelectionTimeoutMS=500) as client:
+                with MongoClient[dict[str, Any]](self.uri, serverSelectionTimeoutMS=500) as client:
                     client.admin.command("ping")
                 return
             time.sleep(0.1)

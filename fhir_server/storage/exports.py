@@ -294,7 +294,7 @@ class JobStore:
             while chunk := await stream.readchunk():
                 yield chunk
         finally:
-            stream.close()
+            await stream.close()
 
     # -- patients -------------------------------------------------------------------------------
 

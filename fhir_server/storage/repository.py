@@ -41,7 +41,13 @@ LIVE: Mapping[str, Any] = {doc.DELETED: False}
 
 
 class Repository:
-    def __init__(self, client: AsyncMongoClient, database: AsyncDatabase, *, extract: IndexExtractor) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        database: AsyncDatabase[dict[str, Any]],
+        *,
+        extract: IndexExtractor,
+    ) -> None:
         self.client = client
         self.database = database
         self._extract = extract

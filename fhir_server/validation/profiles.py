@@ -31,11 +31,11 @@ _INVARIANT_KEYWORDS = frozenset({"anyOf", "oneOf", "not"})
 def _format_checker() -> FormatChecker:
     checker = FormatChecker(formats=())
 
-    @checker.checks("fr-nir-key")
     def _nir_key(value: object) -> bool:
         # The shape is a separate rule (pattern): only a well-formed NIR has a key to check.
         return not isinstance(value, str) or not NIR_PATTERN.match(value) or is_valid_nir(value)
 
+    checker.checks("fr-nir-key")(_nir_key)
     return checker
 
 
