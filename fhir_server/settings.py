@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BREAK_GLASS_ROLES = (
@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     auth_audience: str | None = None
     consent_default: Literal["deny", "permit"] = "deny"
     break_glass_roles: str = DEFAULT_BREAK_GLASS_ROLES
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
     @field_validator("mongodb_uri", "base_url", "auth_jwks", "auth_issuer", "auth_audience", mode="before")
     @classmethod
