@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
-from pymongo import AsyncMongoClient
 from starlette.responses import JSONResponse, Response
 
 from fhir_server import validation
 from fhir_server.api import errors, routes
+from fhir_server.api.limits import RequestLimits
 from fhir_server.audit.sink import MongoAuditSink
 from fhir_server.auth import discovery
 from fhir_server.auth.tokens import TokenVerifier, load_jwks
@@ -24,6 +23,7 @@ from fhir_server.interactions.access import AccessControl
 from fhir_server.interactions.services import Services
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
+from fhir_server.storage.client import open_client
 from fhir_server.storage.embedded import EmbeddedDatabase
 from fhir_server.storage.repository import Repository
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             embedded = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
             uri = embedded.uri
             log.info("embedded database listening on %s", uri)
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
+        client = open_client(uri)
         try:
             database = client[settings.database]
             validation.warm_up()
@@ -77,6 +77,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     errors.install(app)
 
     async def smart_configuration(request: Request) -> Response:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BREAK_GLASS_ROLES = (
@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     auth_token_url: str | None = None
     consent_default: Literal["deny", "permit"] = "deny"
     break_glass_roles: str = DEFAULT_BREAK_GLASS_ROLES
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
 
     @field_validator(
         "mongodb_uri",

@@ -42,7 +42,7 @@ from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource
-from fhir_server.validation import parse_resource_json, validate_or_raise
+from fhir_server.validation import check_bounds, parse_resource_json, validate_or_raise
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 JSON_PATCH = "application/json-patch+json"
@@ -398,6 +398,7 @@ def parse_patch(body: bytes) -> list[dict[str, Any]]:
         raise bad_request(f"The JSON Patch body is not valid JSON: {error}", code="structure") from error
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise bad_request("A JSON Patch body is an array of operations", code="structure")
+    check_bounds(operations)
     return operations
 
 

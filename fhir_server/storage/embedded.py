@@ -50,6 +50,7 @@ class EmbeddedDatabase:
             "--port", str(self.port),
             "--storage-path", str(self.storage_path / "db"),
             "--log-level", "WARNING",
+            "--sync-on-commit",
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -3,6 +3,7 @@
 
 from fhir_server.validation.bindings import REQUIRED_BINDINGS, RequiredBinding
 from fhir_server.validation.ins import INS_SYSTEMS, NIR_SYSTEMS, is_valid_nir, nir_key
+from fhir_server.validation.limits import check_bounds
 from fhir_server.validation.profiles import Profile, server_profiles
 from fhir_server.validation.validator import (
     VALIDATED_TYPES,
@@ -20,6 +21,7 @@ __all__ = [
     "VALIDATED_TYPES",
     "Profile",
     "RequiredBinding",
+    "check_bounds",
     "has_errors",
     "is_valid_nir",
     "nir_key",

@@ -17,6 +17,7 @@ import orjson
 
 from fhir_server.fhir.errors import Issue, bad_request, unprocessable
 from fhir_server.fhir.resources import SUPPORTED_TYPES
+from fhir_server.validation.limits import check_bounds
 from fhir_server.validation.profiles import server_profiles
 from fhir_server.validation.structure import covered, model_spec, resource_model, structure_issues
 
@@ -39,6 +40,7 @@ def parse_resource_json(body: bytes) -> dict[str, Any]:
         raise bad_request("The body must be a JSON object (a FHIR resource)", code="structure")
     if not isinstance(resource.get("resourceType"), str) or not resource["resourceType"]:
         raise bad_request("The body has no resourceType", code="structure")
+    check_bounds(resource)
     return resource
 
 
@@ -73,6 +75,7 @@ def validate_resource(resource: Mapping[str, Any], *, expected_type: str | None 
 
 def validate_or_raise(resource: Mapping[str, Any], *, expected_type: str | None = None) -> dict[str, Any]:
     """The resource (as a dict) when it is valid; otherwise FhirError 422 with every issue."""
+    check_bounds(resource)
     issues = validate_resource(resource, expected_type=expected_type)
     if has_errors(issues):
         raise unprocessable(issues)

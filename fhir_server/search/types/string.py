@@ -21,6 +21,9 @@ MODIFIERS = frozenset({"exact", "contains"})
 _NOT_TEXT = frozenset({"use", "type", "id", "extension", "period"})
 """Elements of HumanName / Address that are codes or structure, not searchable text."""
 
+MAX_QUERY_CHARACTERS = 256
+"""Longer values name nothing real, and would become regular expressions the database refuses."""
+
 
 def _strings(value: Any, out: list[str]) -> None:
     if isinstance(value, str):
@@ -53,6 +56,8 @@ def parse_value(raw: str, context: QueryContext) -> str:
     text = unescape(raw)
     if not text:
         raise ValueError("empty string")
+    if len(text) > MAX_QUERY_CHARACTERS:
+        raise ValueError(f"a string value is limited to {MAX_QUERY_CHARACTERS} characters")
     return text if context.modifier == "exact" else fold(text)
 
 
