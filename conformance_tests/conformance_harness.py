@@ -2,7 +2,8 @@
 exchange, and patient records built through the API only.
 
 Nothing here imports the server except `fhir_server.auth.devkeys`, and only to mint development
-tokens with the key of a server's FHIR_DATA_DIR (`--dev-key-dir`). DESIGN §6–§9, STANDARDS §4, §6.
+tokens with the key of a server's FHIR_DATA_DIR (`--dev-key-dir`). docs/configuration.md,
+docs/tokens.md, docs/consent.md, docs/audit.md, STANDARDS §4, §6.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ IRCP = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Particip
 
 @dataclass(frozen=True)
 class Role:
-    """A caller of the scenarios: what its token says (DESIGN §7) and how consents name it."""
+    """A caller of the scenarios: what its token says (docs/tokens.md) and how consents name it."""
 
     name: str
     subject: str
@@ -155,7 +156,7 @@ class TokenSource(Protocol):
 
 @dataclass
 class DevKeySource:
-    """Mints tokens with the development key of a server's FHIR_DATA_DIR (DESIGN §6)."""
+    """Mints tokens with the development key of a server's FHIR_DATA_DIR (docs/configuration.md)."""
 
     data_dir: Path
     audience: str

@@ -208,7 +208,7 @@ def shared_record(fhir: Fhir, tokens: TokenSource) -> Iterator[Record]:
 
 @pytest.fixture(scope="session")
 def consent_default(fhir: Fhir, tokens: TokenSource) -> str:
-    """`deny` or `permit`: what the server decides for a professional no Consent names (DESIGN §8),
+    """`deny` or `permit`: what the server decides for a professional no Consent names (docs/consent.md),
     observed on a fresh record: a médecin with no Consent reads a document the GP filed."""
     for record in records(fhir, tokens):
         document = record.document()

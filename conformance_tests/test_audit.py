@@ -1,5 +1,5 @@
 """Every interaction leaves an IHE BALP AuditEvent, and the patient lists who accessed her record
-(DESIGN §9, STANDARDS §3).
+(docs/audit.md, STANDARDS §3).
 """
 
 from __future__ import annotations

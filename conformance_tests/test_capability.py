@@ -1,7 +1,7 @@
 """The CapabilityStatement is truthful: every interaction and search parameter it declares is served.
 
 The cases are generated from the live `GET [base]/metadata` (conftest `pytest_generate_tests`).
-FHIR R4 capabilitystatement.html, http.html, search.html; DESIGN §1, §3.
+FHIR R4 capabilitystatement.html, http.html, search.html; docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class Exerciser:
         assert self.call(self.kit.writer, "GET", f"{self.type}/{resource['id']}").status_code == 410
 
     def _delete_patient(self) -> None:
-        """Deleting a record is not identity management (DESIGN §8): a professional the patient's
+        """Deleting a record is not identity management (docs/consent.md): a professional the patient's
         Consent permits deletes it."""
         record = Record(self.fhir)
         record.grant("gp")

@@ -1,4 +1,4 @@
-"""The patient's consent decides every read and search (DESIGN §8, STANDARDS §1–2, §5.2), as scenarios:
+"""The patient's consent decides every read and search (docs/consent.md, STANDARDS §1–2, §5.2), as scenarios:
 grant, deny, block, mask and unmask, read-only profession, revoke, break-the-glass and its refusal,
 the identity lookup. Each scenario builds its own record through the API; the grants and denials it
 adds are the patient's own Consents.

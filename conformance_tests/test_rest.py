@@ -1,7 +1,7 @@
 """REST semantics seen from outside: status codes, headers, versioning, OperationOutcome on errors.
 
 FHIR R4 http.html (create, read, vread, update, patch, delete, history, conditional create, If-Match,
-Prefer), DESIGN §6, §7, §10.
+Prefer), docs/configuration.md, docs/tokens.md, docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def test_invalid_search_value_is_400(fhir: Fhir) -> None:
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 def test_audit_events_cannot_be_written_through_the_api(fhir: Fhir, method: str) -> None:
-    """AuditEvent is append-only through the API: create, update and delete answer 405 (DESIGN §9)."""
+    """AuditEvent is append-only through the API: create, update and delete answer 405 (docs/audit.md)."""
     body = {"resourceType": "AuditEvent", "id": "x", "recorded": "2026-01-01T00:00:00Z"}
     path = "AuditEvent" if method == "POST" else "AuditEvent/x"
     response = fhir.request(method, path, who="system", json_body=None if method == "DELETE" else body)

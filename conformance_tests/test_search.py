@@ -1,7 +1,7 @@
 """Search semantics seen from outside: string prefix and case folding, tokens with systems, date prefixes
 and precision, AND/OR, paging links, `_summary=count`.
 
-FHIR R4 search.html (STANDARDS §7), DESIGN §4.
+FHIR R4 search.html (STANDARDS §7), docs/architecture.md.
 """
 
 from __future__ import annotations
