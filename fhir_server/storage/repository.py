@@ -27,7 +27,7 @@ from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
 from fhir_server.storage import changes
 from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
-from fhir_server.storage.changes import Written
+from fhir_server.storage.changes import Horizon, Written
 from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.exports import JobStore
 from fhir_server.storage.filters import conjunction
@@ -353,7 +353,7 @@ class Repository:
             await current.create_index([(doc.CHANGE_TIME, ASCENDING)])
         await changes.ensure_counter(self._database, now=doc.now_utc())
 
-    async def change_horizon(self, *, now: datetime) -> changes.Horizon:
+    async def change_horizon(self, *, now: datetime) -> Horizon:
         """The change-feed position below which every change is committed (storage/changes.py)."""
         return await changes.horizon(self._database, now=now)
 
