@@ -98,12 +98,20 @@ async def process(ctx: InteractionContext, services: Services, *, body: bytes) -
     issues = [
         issue for issue in validate_resource(payload, expected_type="Bundle") if issue.severity in ERRORS
     ]
+    raw_entries = payload.get("entry")
+    entries = [
+        _entry(ctx, index, raw)
+        for index, raw in enumerate(raw_entries if isinstance(raw_entries, list) else [])
+    ]
     per_entry = _issues_by_entry(issues) if kind == "batch" else None
     if per_entry is None:
+        # An entry naming no interaction refuses the transaction as that request would be refused.
+        for entry in entries:
+            if kind != "batch" and entry.resolved.refusal is not None:
+                raise _named(entry, entry.resolved.refusal)
         if issues:
             raise unprocessable(issues)
         per_entry = {}
-    entries = [_entry(ctx, index, raw) for index, raw in enumerate(payload.get("entry") or [])]
     if kind == "batch":
         return await _batch(ctx, services, entries, per_entry)
     provide_bundle = mhd.is_provide_bundle(payload)
@@ -127,9 +135,12 @@ def _issues_by_entry(issues: list[Issue]) -> dict[int, list[Issue]] | None:
 # -- parsing --------------------------------------------------------------------------------------
 
 
-def _entry(parent: InteractionContext, index: int, raw: dict[str, Any]) -> Entry:
-    """An entry resolved through the table of interactions, exactly as the same plain request."""
-    request = raw.get("request") or {}
+def _entry(parent: InteractionContext, index: int, raw: Any) -> Entry:
+    """An entry resolved through the table of interactions, exactly as the same plain request.
+
+    Read defensively: the Bundle's validation issues are reported after the routing refusals."""
+    raw = raw if isinstance(raw, dict) else {}
+    request = raw.get("request") if isinstance(raw.get("request"), dict) else {}
     method = str(request.get("method", "")).upper()
     url = _relative(str(request.get("url", "")), parent.request.base_url)
     path, _, query = url.partition("?")
@@ -159,8 +170,8 @@ def _entry(parent: InteractionContext, index: int, raw: dict[str, Any]) -> Entry
         index=index,
         method=method,
         url=url,
-        resource=raw.get("resource"),
-        full_url=raw.get("fullUrl"),
+        resource=raw.get("resource") if isinstance(raw.get("resource"), dict) else None,
+        full_url=raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None,
         ctx=ctx,
         resolved=resolved,
         resource_type=resolved.resource_type or "",
@@ -393,6 +404,8 @@ def _entry_handler(entry: Entry, issues: list[Issue] | None = None) -> Handler:
     """The entry run as its plain request (table handler, after the pipeline's scope check)."""
 
     async def run(ctx: InteractionContext, services: Services) -> FhirResponse:
+        if entry.resolved.refusal is not None:
+            raise entry.resolved.refusal
         if issues:
             raise unprocessable(issues)
         if entry.ctx.audit.bundle == Interaction.BATCH and entry.resource is not None:
