@@ -224,9 +224,7 @@ def test_a_transaction_naming_an_internal_collection_is_refused_whole(
     assert found.status_code == 200 and found.json().get("total", len(found.json().get("entry", []))) == 0
 
 
-@pytest.mark.parametrize(
-    "path", ["Binary_history", "patient", "Patient/x/_history/1/extra"]
-)
+@pytest.mark.parametrize("path", ["Binary_history", "patient", "Patient/x/_history/1/extra"])
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 def test_unknown_paths_under_fhir_are_404_operation_outcomes_and_audited(
     live: LiveServer, world: World, path: str, method: str
