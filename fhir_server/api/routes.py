@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from fhir_server.api.peer import client_address
@@ -105,5 +106,5 @@ class _Door:
 
 def install(app: FastAPI) -> None:
     """Every method on `/fhir` and below."""
-    app.add_route(PREFIX, _Door(), include_in_schema=False)
-    app.add_route(PREFIX + "/{path:path}", _Door(), include_in_schema=False)
+    for path in (PREFIX, PREFIX + "/{path:path}"):
+        app.router.routes.append(Route(path, _Door(), include_in_schema=False))
