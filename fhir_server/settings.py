@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     consent_default: Literal["deny", "permit"] = "deny"
     break_glass_roles: str = DEFAULT_BREAK_GLASS_ROLES
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    trusted_proxies: str = ""
+    """Comma-separated addresses whose `X-Forwarded-For` is believed (api/peer.py)."""
 
     @field_validator(
         "mongodb_uri",
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
         if self.auth_authorize_url is not None and self.auth_token_url is None:
             raise ValueError("FHIR_AUTH_AUTHORIZE_URL is set but FHIR_AUTH_TOKEN_URL is not: set both")
         return self
+
+    @property
+    def trusted_proxy_addresses(self) -> frozenset[str]:
+        return frozenset(item.strip() for item in self.trusted_proxies.split(",") if item.strip())
 
     def resolved_base_url(self, host: str, port: int) -> str:
         return (self.base_url or f"http://{host}:{port}/fhir").rstrip("/")

@@ -40,6 +40,8 @@ class AuditTrail:
     mhd_transaction: str | None = None
     bundle: Interaction | None = None
     """The batch or transaction this interaction is an entry of."""
+    raw_request: bool = False
+    """Record the request as received (BALP query entity): it named no interaction of the server."""
     recorded: bool = False
 
     def touch(

@@ -62,7 +62,6 @@ from fhir_server.interactions.search import GuardedResolver
 from fhir_server.interactions.services import Services
 from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import parse_search
-from fhir_server.storage import changes
 from fhir_server.storage import documents as doc
 from fhir_server.storage.exports import ExportJob, FileWriter, JobStatus, JobStore, LeaseLost, OutputFile
 from fhir_server.storage.guard import AccessGuard
@@ -122,7 +121,7 @@ async def kick_off(
             raise RuntimeError("Group-level export needs the group id from the route")
         patients = await _group_members(ctx, services, group_id, restrict=patients)
         ctx.audit.touch(f"{GROUP}/{group_id}")
-    horizon = await changes.horizon(services.repository.database, now=ctx.now)
+    horizon = await services.repository.change_horizon(now=ctx.now)
     claims = services.verifier.verify(bearer_token(ctx.request.header("authorization")))
     job = ExportJob(
         id=uuid.uuid4().hex,
@@ -291,7 +290,7 @@ def _status_url(services: Services, job_id: str) -> str:
 async def _own_job(ctx: InteractionContext, services: Services, job_id: str) -> ExportJob:
     """The caller's job, 404 for anyone else (and for unknown, cancelled or expired jobs)."""
     principal = _system_principal(ctx)
-    job = await JobStore(services.repository.database).get(job_id)
+    job = await services.repository.exports.get(job_id)
     if (
         job is None
         or job.client_id != principal.client_id
@@ -378,7 +377,7 @@ async def download(
     if job.status is not JobStatus.COMPLETED or not found:
         raise FhirError.of(404, "not-found", f"No file {name} in export {job_id}")
     into.file_id = found[0].file_id
-    into.store = JobStore(services.repository.database)
+    into.store = services.repository.exports
     return FhirResponse(200, None, content_type=NDJSON)
 
 
@@ -403,7 +402,7 @@ class ExportWorker:
         concurrency: int = 2,
     ) -> None:
         self.services = services
-        self.store = JobStore(services.repository.database)
+        self.store = services.repository.exports
         self.owner = uuid.uuid4().hex
         self.lease = lease
         self.retention = retention
@@ -572,10 +571,9 @@ class _Runner:
         job = self._job
         await self._restart_unfinished()
         if not job.estimated:
-            database = self._services.repository.database
             estimated = 0
             for resource_type in job.types:
-                estimated += await database[resource_type].estimated_document_count()
+                estimated += await self._services.repository.estimated_count(resource_type)
             await self._update({"$set": {"estimated": estimated}})
         for resource_type in job.types:
             if resource_type not in job.done_types:

@@ -32,7 +32,6 @@ from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
-from fhir_server.storage import changes
 from fhir_server.storage.changes import Horizon
 from fhir_server.storage.documents import UNVERSIONED_TYPES, StoredResource, instant
 
@@ -148,7 +147,7 @@ async def _change_feed(
         # Newest first walks down from the first page's horizon: later changes belong to a new walk.
         horizon = Horizon(cursor.horizon, cursor.resume)
     else:
-        horizon = await changes.horizon(services.repository.database, now=ctx.now)
+        horizon = await services.repository.change_horizon(now=ctx.now)
     provider = services.access.provider(ctx)
     guards = {resource_type: await provider.guard(resource_type, patients=None) for resource_type in types}
     found: list[tuple[int, StoredResource]] = []

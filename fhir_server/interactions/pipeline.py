@@ -40,15 +40,31 @@ async def execute(
     anonymous_allowed: bool = False,
 ) -> FhirResponse:
     """Run `handler` for `ctx` through authentication, scope check and audit."""
-    outcome_desc: str | None = None
     try:
         if authorization is not None or not anonymous_allowed:
-            ctx.principal = authenticate(services, ctx, authorization)
-            check_scope(ctx)
-        response = await handler(ctx, services)
+            try:
+                ctx.principal = authenticate(services, ctx, authorization)
+            except FhirError as error:
+                await record_audit(services, ctx, error.status, outcome_desc=error.message)
+                return error_response(error)
+        return await serve(services, ctx, handler)
     except AuditUnavailable:
         log.exception("audit store unavailable")
         return error_response(unavailable("The audit trail cannot be written; the request was not served"))
+
+
+async def serve(services: Services, ctx: InteractionContext, handler: Handler) -> FhirResponse:
+    """Scope check, interaction, AuditEvent: an authenticated request, or one entry of a Bundle.
+
+    `AuditUnavailable` propagates: the whole request fails with 503 (`execute`).
+    """
+    outcome_desc: str | None = None
+    try:
+        if ctx.principal is not None:
+            check_scope(ctx)
+        response = await handler(ctx, services)
+    except AuditUnavailable:
+        raise
     except FhirError as error:
         response = error_response(error)
         outcome_desc = error.message
@@ -56,13 +72,8 @@ async def execute(
         log.exception("unhandled error in %s", ctx.interaction)
         response = error_response(FhirError.of(500, "exception", "Internal server error"))
         outcome_desc = "Internal server error"
-    if ctx.audit.recorded:
-        return response
-    try:
+    if not ctx.audit.recorded:
         await record_audit(services, ctx, response.status, outcome_desc=outcome_desc)
-    except AuditUnavailable:
-        log.exception("audit store unavailable")
-        return error_response(unavailable("The audit trail cannot be written; the request was not served"))
     return response
 
 
@@ -95,6 +106,21 @@ def error_response(error: FhirError) -> FhirResponse:
 
 def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) -> InteractionFacts:
     decisions = ctx.audit.decisions
+    raw = ctx.interaction.is_search or ctx.interaction.is_history or ctx.audit.raw_request
+    if ctx.principal is None:
+        # Not authenticated: anyone could send this, so it names no resource and no patient (it would
+        # land in that patient's trail); the server trail keeps the request as received instead.
+        return InteractionFacts(
+            interaction=ctx.interaction,
+            status=status,
+            outcome_desc=outcome_desc,
+            client_address=ctx.request.client_address,
+            raw_query=_raw_request(ctx) if raw or status >= 400 else None,
+            request_id=ctx.request.request_id,
+            recorded=ctx.now,
+            server=ctx.request.base_url,
+            operation=ctx.audit.operation,
+        )
     return InteractionFacts(
         interaction=ctx.interaction,
         resource_type=ctx.resource_type,
@@ -106,7 +132,7 @@ def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) 
         client_address=ctx.request.client_address,
         patient_ids=tuple(sorted(ctx.audit.patients)),
         resources=tuple(ctx.audit.resources),
-        raw_query=_raw_request(ctx) if ctx.interaction.is_search or ctx.interaction.is_history else None,
+        raw_query=_raw_request(ctx) if raw else None,
         request_id=ctx.request.request_id,
         decisions=tuple(decisions),
         recorded=ctx.now,
@@ -160,4 +186,5 @@ __all__ = [
     "error_response",
     "execute",
     "record_audit",
+    "serve",
 ]

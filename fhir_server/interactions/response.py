@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,3 +15,5 @@ class FhirResponse:
     raw: bytes | None = None
     """Raw bytes (Binary content) instead of a JSON body; `content_type` then says what they are."""
     content_type: str | None = None
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
+    """Content streamed after the AuditEvent is recorded (export files), instead of `raw`."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -30,20 +30,21 @@ from fhir_server.fhir.bundles import bundle as make_bundle
 from fhir_server.fhir.errors import FhirError, Issue, bad_request, unprocessable
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE
-from fhir_server.interactions import history, mhd, read, search
-from fhir_server.interactions.context import AuditTrail, InteractionContext, RequestMeta
-from fhir_server.interactions.pipeline import check_scope, error_response, facts_of, record_audit
+from fhir_server.interactions import dispatch, mhd
+from fhir_server.interactions.context import InteractionContext, RequestMeta
+from fhir_server.interactions.dispatch import BytesBody, Resolved
+from fhir_server.interactions.pipeline import Handler, check_scope, facts_of, serve
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.interactions.write import (
     JSON_PATCH,
     Planned,
+    parse_patch,
     plan_create,
     plan_delete,
     plan_patch,
     plan_update,
     render_write,
-    run_planned,
 )
 from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource, instant
@@ -51,7 +52,8 @@ from fhir_server.validation import parse_resource_json, validate_or_raise, valid
 
 ERRORS = ("error", "fatal")
 ENTRY_EXPRESSION = re.compile(r"^Bundle\.entry\[(\d+)\]")
-ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+ORDER = {Interaction.DELETE: 0, Interaction.CREATE: 1, Interaction.UPDATE: 2, Interaction.PATCH: 2}
+"""Write entries run in this order; every other entry is served after them, as its own request."""
 LOCAL_REFERENCE_PREFIXES = ("urn:uuid:", "urn:oid:")
 
 
@@ -63,9 +65,9 @@ class Entry:
     resource: dict[str, Any] | None
     full_url: str | None
     ctx: InteractionContext
+    resolved: Resolved
     resource_type: str = ""
     resource_id: str | None = None
-    version: str | None = None
     query: str = ""
     planned: Planned | None = None
     result: FhirResponse | None = None
@@ -75,6 +77,14 @@ class Entry:
     @property
     def expression(self) -> str:
         return f"Bundle.entry[{self.index}]"
+
+    @property
+    def is_write(self) -> bool:
+        return self.ctx.interaction.is_write and self.resolved.refusal is None
+
+    @property
+    def order(self) -> int:
+        return ORDER.get(self.ctx.interaction, len(ORDER))
 
 
 async def process(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
@@ -88,12 +98,20 @@ async def process(ctx: InteractionContext, services: Services, *, body: bytes) -
     issues = [
         issue for issue in validate_resource(payload, expected_type="Bundle") if issue.severity in ERRORS
     ]
+    raw_entries = payload.get("entry")
+    entries = [
+        _entry(ctx, index, raw)
+        for index, raw in enumerate(raw_entries if isinstance(raw_entries, list) else [])
+    ]
     per_entry = _issues_by_entry(issues) if kind == "batch" else None
     if per_entry is None:
+        # An entry naming no interaction refuses the transaction as that request would be refused.
+        for entry in entries:
+            if kind != "batch" and entry.resolved.refusal is not None:
+                raise _named(entry, entry.resolved.refusal)
         if issues:
             raise unprocessable(issues)
         per_entry = {}
-    entries = [_entry(ctx, index, raw) for index, raw in enumerate(payload.get("entry") or [])]
     if kind == "batch":
         return await _batch(ctx, services, entries, per_entry)
     provide_bundle = mhd.is_provide_bundle(payload)
@@ -117,12 +135,16 @@ def _issues_by_entry(issues: list[Issue]) -> dict[int, list[Issue]] | None:
 # -- parsing --------------------------------------------------------------------------------------
 
 
-def _entry(parent: InteractionContext, index: int, raw: dict[str, Any]) -> Entry:
-    request = raw.get("request") or {}
+def _entry(parent: InteractionContext, index: int, raw: Any) -> Entry:
+    """An entry resolved through the table of interactions, exactly as the same plain request.
+
+    Read defensively: the Bundle's validation issues are reported after the routing refusals."""
+    raw = raw if isinstance(raw, dict) else {}
+    request = raw.get("request") if isinstance(raw.get("request"), dict) else {}
     method = str(request.get("method", "")).upper()
     url = _relative(str(request.get("url", "")), parent.request.base_url)
     path, _, query = url.partition("?")
-    parts = [part for part in path.split("/") if part]
+    resolved = dispatch.resolve(method, unquote(path), entry=True)
     headers = {
         name: str(request[key])
         for key, name in (
@@ -143,31 +165,26 @@ def _entry(parent: InteractionContext, index: int, raw: dict[str, Any]) -> Entry
         client_address=parent.request.client_address,
         headers=headers,
     )
-    resource_type = parts[0] if parts else ""
-    resource_id = parts[1] if len(parts) > 1 and not parts[1].startswith("_") else None
-    version = parts[3] if len(parts) == 4 and parts[2] == "_history" else None
-    interaction = _interaction(method, parts)
-    ctx = InteractionContext(
-        interaction=interaction,
-        resource_type=resource_type or None,
-        resource_id=resource_id,
-        request=meta,
-        now=parent.now,
-        principal=parent.principal,
-        audit=AuditTrail(bundle=parent.interaction),
-    )
+    ctx = dispatch.context(resolved, meta, parent.now, principal=parent.principal, bundle=parent.interaction)
     return Entry(
         index=index,
         method=method,
         url=url,
-        resource=raw.get("resource"),
-        full_url=raw.get("fullUrl"),
+        resource=raw.get("resource") if isinstance(raw.get("resource"), dict) else None,
+        full_url=raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None,
         ctx=ctx,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        version=version,
+        resolved=resolved,
+        resource_type=resolved.resource_type or "",
+        resource_id=resolved.resource_id,
         query=query,
     )
+
+
+def _check_entry(entry: Entry) -> None:
+    """An entry that names no interaction, or whose scope is refused, refuses the transaction."""
+    if entry.resolved.refusal is not None:
+        raise entry.resolved.refusal
+    check_scope(entry.ctx)
 
 
 def _relative(url: str, base_url: str) -> str:
@@ -178,24 +195,6 @@ def _relative(url: str, base_url: str) -> str:
         marker = "/fhir/"
         return path.split(marker, 1)[1] if marker in path else path.lstrip("/")
     return url.lstrip("/")
-
-
-def _interaction(method: str, parts: list[str]) -> Interaction:
-    if method == "POST":
-        return Interaction.SEARCH_TYPE if parts[-1:] == ["_search"] else Interaction.CREATE
-    if method == "PUT":
-        return Interaction.UPDATE
-    if method == "PATCH":
-        return Interaction.PATCH
-    if method == "DELETE":
-        return Interaction.DELETE
-    if len(parts) >= 3 and parts[2] == "_history":
-        return Interaction.VREAD if len(parts) == 4 else Interaction.HISTORY_INSTANCE
-    if len(parts) == 2 and parts[1] == "_history":
-        return Interaction.HISTORY_TYPE
-    if len(parts) == 2:
-        return Interaction.READ
-    return Interaction.SEARCH_TYPE
 
 
 # -- transaction ----------------------------------------------------------------------------------
@@ -210,9 +209,9 @@ async def _transaction(
     provide_bundle: bool,
 ) -> FhirResponse:
     for entry in entries:
-        _guard_entry(entry, check_scope, entry.ctx)
+        _guard_entry(entry, _check_entry, entry)
     references: dict[str, str] = {}
-    for entry in sorted(entries, key=lambda item: ORDER.get(item.method, 9)):
+    for entry in sorted((entry for entry in entries if entry.is_write), key=lambda item: item.order):
         if entry.method in ("POST", "PUT") and entry.resource is not None:
             await _guard_async(entry, _assign_identity(entry, services, references))
     for entry in entries:
@@ -220,11 +219,11 @@ async def _transaction(
             _guard_entry(entry, _rewrite, entry, references)
     derived = await _check_documents(ctx, services, entries, staging, provide_bundle=provide_bundle)
     for entry in entries:
-        if entry.method in ("POST", "PUT", "PATCH", "DELETE"):
+        if entry.is_write:
             entry.planned = await _guard_async(entry, _plan(entry, services))
     writes = sorted(
         (entry for entry in [*entries, *derived] if entry.planned is not None),
-        key=lambda item: ORDER.get(item.method, 9),
+        key=lambda item: item.order,
     )
 
     async def work(session: AsyncClientSession) -> tuple[None, int]:
@@ -253,8 +252,8 @@ async def _transaction(
         elif entry.planned is not None and entry.planned.apply is None and entry.result is None:
             entry.result = FhirResponse(204)
     for entry in entries:
-        if entry.method in ("GET", "HEAD") or entry.ctx.interaction == Interaction.SEARCH_TYPE:
-            entry.result = await _read_entry(entry, services)
+        if not entry.is_write:
+            entry.result = await serve(services, entry.ctx, _entry_handler(entry))
     return FhirResponse(
         200,
         make_bundle(
@@ -282,7 +281,7 @@ async def _check_documents(
     for replacement in mhd.replacements(entries):
         raw = {"request": {"method": "PATCH", "url": f"{DOCUMENT_REFERENCE}/{replacement.target}"}}
         entry = _entry(ctx, replacement.index, raw)
-        _guard_entry(entry, check_scope, entry.ctx)
+        _guard_entry(entry, _check_entry, entry)
         entry.planned = await _guard_async(entry, plan_patch(entry.ctx, services, mhd.SUPERSEDE))
         derived.append(entry)
     for entry in entries:
@@ -362,20 +361,21 @@ def _strings(value: Any) -> Iterator[tuple[Any, Any, str]]:
 async def _plan(entry: Entry, services: Services) -> Planned:
     if entry.planned is not None:
         return entry.planned
-    if entry.method in ("POST", "PUT"):
+    if entry.ctx.interaction in (Interaction.CREATE, Interaction.UPDATE):
         resource = entry.resource
         if resource is None:
             raise bad_request(
                 "A POST or PUT entry needs a resource", expression=(f"{entry.expression}.resource",)
             )
         validated = validate_or_raise(resource, expected_type=entry.resource_type)
-        return await (plan_create if entry.method == "POST" else plan_update)(entry.ctx, services, validated)
-    if entry.method == "PATCH":
-        return await plan_patch(entry.ctx, services, _patch_operations(entry))
+        create = entry.ctx.interaction == Interaction.CREATE
+        return await (plan_create if create else plan_update)(entry.ctx, services, validated)
+    if entry.ctx.interaction == Interaction.PATCH:
+        return await plan_patch(entry.ctx, services, parse_patch(_patch_document(entry)))
     return await plan_delete(entry.ctx, services)
 
 
-def _patch_operations(entry: Entry) -> list[dict[str, Any]]:
+def _patch_document(entry: Entry) -> bytes:
     """A PATCH entry carries its JSON Patch as a Binary (http.html#patch, 'Patch using Transactions')."""
     resource = entry.resource or {}
     if resource.get("resourceType") != "Binary" or resource.get("contentType") != JSON_PATCH:
@@ -386,33 +386,39 @@ def _patch_operations(entry: Entry) -> list[dict[str, Any]]:
             expression=(f"{entry.expression}.resource",),
         )
     try:
-        operations = orjson.loads(base64.b64decode(resource.get("data") or ""))
-    except (ValueError, orjson.JSONDecodeError) as error:
-        raise bad_request(
-            "The PATCH entry's data is not a JSON Patch", expression=(entry.expression,)
-        ) from error
-    if not isinstance(operations, list):
-        raise bad_request("A JSON Patch is an array of operations", expression=(entry.expression,))
-    return operations
+        return base64.b64decode(str(resource.get("data") or ""), validate=True)
+    except ValueError as error:
+        raise bad_request("The PATCH entry's data is not base64", expression=(entry.expression,)) from error
 
 
-async def _read_entry(entry: Entry, services: Services) -> FhirResponse:
-    """GET entries run as their own requests (and are audited as such), after the writes."""
-    try:
-        check_scope(entry.ctx)
-        if entry.ctx.interaction == Interaction.READ:
-            response = await read.read(entry.ctx, services)
-        elif entry.ctx.interaction == Interaction.VREAD:
-            response = await read.vread(entry.ctx, services, version=entry.version or "")
-        elif entry.ctx.interaction.is_history:
-            response = await history.history(entry.ctx, services)
-        else:
-            params = parse_qsl(entry.query, keep_blank_values=True)
-            response = await search.search_type(entry.ctx, services, params=params)
-    except FhirError as error:
-        response = error_response(error)
-    await record_audit(services, entry.ctx, response.status)
-    return response
+def _body(entry: Entry) -> BytesBody:
+    """The body the same plain request would carry."""
+    if entry.method == "PATCH":
+        return BytesBody(_patch_document(entry), JSON_PATCH)
+    if entry.resource is None:
+        return BytesBody()
+    return BytesBody(orjson.dumps(entry.resource), "application/fhir+json")
+
+
+def _entry_handler(entry: Entry, issues: list[Issue] | None = None) -> Handler:
+    """The entry run as its plain request (table handler, after the pipeline's scope check)."""
+
+    async def run(ctx: InteractionContext, services: Services) -> FhirResponse:
+        if entry.resolved.refusal is not None:
+            raise entry.resolved.refusal
+        if issues:
+            raise unprocessable(issues)
+        if entry.ctx.audit.bundle == Interaction.BATCH and entry.resource is not None:
+            for _, key, value in _strings(entry.resource):
+                if key == "reference" and value.startswith(LOCAL_REFERENCE_PREFIXES):
+                    raise bad_request(
+                        f"Reference {value} cannot be resolved: batch entries are independent",
+                        expression=(f"{entry.expression}.resource",),
+                    )
+        query = parse_qsl(entry.query, keep_blank_values=True)
+        return await dispatch.bind(entry.resolved, body=_body(entry), query=query)(ctx, services)
+
+    return run
 
 
 # -- batch ----------------------------------------------------------------------------------------
@@ -422,38 +428,11 @@ async def _batch(
     ctx: InteractionContext, services: Services, entries: list[Entry], invalid: dict[int, list[Issue]]
 ) -> FhirResponse:
     for entry in entries:
-        if entry.index in invalid:
-            error = unprocessable(invalid[entry.index])
-            entry.result = error_response(error)
-            await record_audit(services, entry.ctx, error.status, outcome_desc=error.message)
-        else:
-            entry.result = await _batch_entry(entry, services)
+        entry.result = await serve(services, entry.ctx, _entry_handler(entry, invalid.get(entry.index)))
         _touch_parent(ctx, entry)
     return FhirResponse(
         200, make_bundle("batch-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries])
     )
-
-
-async def _batch_entry(entry: Entry, services: Services) -> FhirResponse:
-    if entry.method in ("GET", "HEAD") or entry.ctx.interaction == Interaction.SEARCH_TYPE:
-        return await _read_entry(entry, services)
-    try:
-        check_scope(entry.ctx)
-        if entry.resource is not None and entry.method == "POST":
-            entry.resource.pop("id", None)
-        if entry.resource is not None:
-            for _, key, value in _strings(entry.resource):
-                if key == "reference" and value.startswith(LOCAL_REFERENCE_PREFIXES):
-                    raise bad_request(
-                        f"Reference {value} cannot be resolved: batch entries are independent",
-                        expression=(f"{entry.expression}.resource",),
-                    )
-        response = await run_planned(entry.ctx, services, await _plan(entry, services))
-    except FhirError as error:
-        response = error_response(error)
-        if not entry.ctx.audit.recorded:
-            await record_audit(services, entry.ctx, response.status, outcome_desc=error.message)
-    return response
 
 
 # -- responses and errors -------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
 from fhir_server.storage import changes
 from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
-from fhir_server.storage.changes import Written
+from fhir_server.storage.changes import Horizon, Written
 from fhir_server.storage.documents import StoredResource
+from fhir_server.storage.exports import JobStore
 from fhir_server.storage.filters import conjunction
 from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
 
@@ -48,19 +49,22 @@ class Repository:
         *,
         extract: IndexExtractor,
     ) -> None:
-        self.client = client
-        self.database = database
+        self._client = client
+        self._database = database
+        """Private: only the repository reaches clinical collections (docs/architecture.md)."""
         self._extract = extract
         self._written: dict[int, list[Written]] = {}
         """Per open transaction (session id): the versions `save` wrote, stamped before commit."""
         self.binaries = BinaryStore(database)
         """Binary content too large to keep inline (GridFS), see storage/binaries.py."""
+        self.exports = JobStore(database)
+        """Bulk export jobs and their files (storage/exports.py)."""
 
     # -- transactions -------------------------------------------------------------------------
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[AsyncClientSession]:
-        async with self.client.start_session() as session:
+        async with self._client.start_session() as session:
             yield session
 
     async def in_transaction(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
@@ -69,12 +73,12 @@ class Repository:
             async with self._session() as session:
                 lease: changes.Lease | None = None
                 try:
-                    lease = await changes.open_lease(self.database, now=doc.now_utc())
+                    lease = await changes.open_lease(self._database, now=doc.now_utc())
                     await session.start_transaction()
                     self._written[id(session)] = []
                     result = await work(session)
                     await changes.stamp(
-                        self.database, lease, self._written[id(session)], now=doc.now_utc(), session=session
+                        self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
                     )
                     await session.commit_transaction()
                     lease = None
@@ -102,7 +106,7 @@ class Repository:
                 finally:
                     self._written.pop(id(session), None)
                     if lease is not None:
-                        await changes.release(self.database, lease)
+                        await changes.release(self._database, lease)
         raise AssertionError("unreachable: the loop returns or raises")
 
     # -- writes (inside a transaction) ----------------------------------------------------------
@@ -115,7 +119,7 @@ class Repository:
         Callers decide access on it before writing: it never leaves the server as a response body
         without a decision.
         """
-        found = await self.database[resource_type].find_one({doc.ID: resource_id}, session=session)
+        found = await self._database[resource_type].find_one({doc.ID: resource_id}, session=session)
         return None if found is None else StoredResource.from_document(resource_type, found)
 
     async def save(
@@ -137,7 +141,7 @@ class Repository:
         body["meta"] = meta
         index = {} if deleted else self._extract(body)
         current = doc.to_document(body, version=version, last_updated=now, index=index, deleted=deleted)
-        collection = self.database[resource_type]
+        collection = self._database[resource_type]
         if previous is None:
             await collection.insert_one(current, session=session)
         else:
@@ -146,7 +150,7 @@ class Repository:
             )
             if replaced.matched_count != 1:
                 raise conflict(f"{resource_type}/{previous.id} was changed by a concurrent write; retry")
-        await self.database[doc.history_collection(resource_type)].insert_one(
+        await self._database[doc.history_collection(resource_type)].insert_one(
             doc.to_history_document(current), session=session
         )
         written = self._written.get(id(session))
@@ -172,11 +176,11 @@ class Repository:
         `observe` sees every decision taken, refusals included, so that the AuditEvent can name it.
         """
         if version is None or resource_type in doc.UNVERSIONED_TYPES:
-            found = await self.database[resource_type].find_one({doc.ID: resource_id}, session=session)
+            found = await self._database[resource_type].find_one({doc.ID: resource_id}, session=session)
             if found is not None and version is not None and found[doc.VERSION] != version:
                 found = None
         else:
-            found = await self.database[doc.history_collection(resource_type)].find_one(
+            found = await self._database[doc.history_collection(resource_type)].find_one(
                 {doc.ID: f"{resource_id}/{version}"}, session=session
             )
         if found is None:
@@ -204,7 +208,7 @@ class Repository:
     ) -> list[StoredResource]:
         """Live current versions matching `query` AND the guard's filter, each re-checked by `decide`."""
         criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
-        cursor = self.database[resource_type].find(
+        cursor = self._database[resource_type].find(
             criteria, sort=list(sort) or None, limit=limit, session=session
         )
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
@@ -215,13 +219,13 @@ class Repository:
     ) -> list[str]:
         """Ids of permitted live resources matching `query` (chained parameters, `_has`)."""
         criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
-        cursor = self.database[resource_type].find(criteria)
+        cursor = self._database[resource_type].find(criteria)
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
         return [stored.id for stored in found if guard.decide(stored).permit]
 
     async def count(self, resource_type: str, query: Mapping[str, Any], *, guard: AccessGuard) -> int:
         criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
-        return int(await self.database[resource_type].count_documents(criteria))
+        return int(await self._database[resource_type].count_documents(criteria))
 
     async def history(
         self,
@@ -253,7 +257,7 @@ class Repository:
         query: Mapping[str, Any] = {"$and": conditions} if conditions else {}
         criteria = guarded_filter(guard, resource_type, query)
         source = resource_type if unversioned else doc.history_collection(resource_type)
-        cursor = self.database[source].find(
+        cursor = self._database[source].find(
             criteria, sort=[(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)], limit=limit
         )
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
@@ -283,7 +287,7 @@ class Repository:
             conditions.append({doc.CHANGE_TIME: {"$gte": since}})
         criteria = guarded_filter(guard, resource_type, {"$and": conditions})
         order = DESCENDING if descending else ASCENDING
-        cursor = self.database[doc.history_collection(resource_type)].find(
+        cursor = self._database[doc.history_collection(resource_type)].find(
             criteria, sort=[(doc.CHANGE, order)], limit=limit
         )
         found = [
@@ -302,7 +306,7 @@ class Repository:
         if not resource_ids:
             return set()
         criteria = guarded_filter(guard, resource_type, {doc.ID: {"$in": sorted(set(resource_ids))}})
-        cursor = self.database[resource_type].find(criteria)
+        cursor = self._database[resource_type].find(criteria)
         found = [StoredResource.from_document(resource_type, item) async for item in cursor]
         return {stored.id for stored in found if guard.decide(stored).permit}
 
@@ -311,14 +315,14 @@ class Repository:
     ) -> AsyncIterator[StoredResource]:
         """Permitted live current versions matching `query`, streamed from one cursor (bulk export)."""
         criteria = guarded_filter(guard, resource_type, {"$and": [LIVE, query]} if query else LIVE)
-        async for item in self.database[resource_type].find(criteria, batch_size=batch_size):
+        async for item in self._database[resource_type].find(criteria, batch_size=batch_size):
             stored = StoredResource.from_document(resource_type, item)
             if guard.decide(stored).permit:
                 yield stored
 
     async def compartment_of(self, resource_type: str, resource_id: str) -> tuple[str, ...] | None:
         """The patient compartment of a resource (None when unknown): only to choose which consents apply."""
-        found = await self.database[resource_type].find_one(
+        found = await self._database[resource_type].find_one(
             {doc.ID: resource_id}, projection={doc.COMPARTMENT: 1}
         )
         return None if found is None else tuple(found.get(doc.COMPARTMENT) or ())
@@ -326,7 +330,7 @@ class Repository:
     async def compartments_where(self, resource_type: str, query: Mapping[str, Any]) -> list[tuple[str, ...]]:
         """The patient compartments of the live resources matching `query`: only to choose which
         consents apply (the DocumentReferences that give access to a Binary)."""
-        cursor = self.database[resource_type].find(
+        cursor = self._database[resource_type].find(
             {"$and": [LIVE, query]}, projection={doc.COMPARTMENT: 1, doc.ID: 0}
         )
         return [tuple(item.get(doc.COMPARTMENT) or ()) async for item in cursor]
@@ -334,7 +338,7 @@ class Repository:
     async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""
         criteria = conjunction([LIVE, query])
-        cursor = self.database[resource_type].find(criteria, projection={doc.RESOURCE: 1})
+        cursor = self._database[resource_type].find(criteria, projection={doc.RESOURCE: 1})
         return [item[doc.RESOURCE] async for item in cursor]
 
     # -- indexes ------------------------------------------------------------------------------
@@ -343,21 +347,29 @@ class Repository:
         self, resource_types: Sequence[str], index_keys: Callable[[str], list[list[tuple[str, int]]]]
     ) -> None:
         for resource_type in resource_types:
-            current = self.database[resource_type]
+            current = self._database[resource_type]
             await current.create_index([(doc.COMPARTMENT, ASCENDING), (doc.LAST_UPDATED, DESCENDING)])
             await current.create_index([(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)])
             for keys in index_keys(resource_type):
                 await current.create_index(keys)
-            history = self.database[doc.history_collection(resource_type)]
+            history = self._database[doc.history_collection(resource_type)]
             await history.create_index([(doc.RESOURCE_ID, ASCENDING), (doc.VERSION, DESCENDING)])
             await history.create_index([(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)])
             await history.create_index([(doc.CHANGE, ASCENDING)])
             await current.create_index([(doc.CHANGE_TIME, ASCENDING)])
-        await changes.ensure_counter(self.database, now=doc.now_utc())
+        await changes.ensure_counter(self._database, now=doc.now_utc())
+
+    async def change_horizon(self, *, now: datetime) -> Horizon:
+        """The change-feed position below which every change is committed (storage/changes.py)."""
+        return await changes.horizon(self._database, now=now)
+
+    async def estimated_count(self, resource_type: str) -> int:
+        """The collection's size from its metadata, for progress estimates only (no documents read)."""
+        return int(await self._database[resource_type].estimated_document_count())
 
     async def ping(self) -> bool:
         try:
-            await self.database.command("ping")
+            await self._database.command("ping")
         except PyMongoError:
             return False
         return True

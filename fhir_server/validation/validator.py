@@ -135,6 +135,14 @@ def _bundle_issues(bundle: Mapping[str, Any]) -> list[Issue]:
     return issues
 
 
+def _search_or_operation(url: object) -> bool:
+    """`POST [type]/_search` and `POST .../$operation` entries carry no resource of the URL's type."""
+    if not isinstance(url, str):
+        return False
+    last = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return last == "_search" or last.startswith("$")
+
+
 def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int]) -> list[Issue]:
     path = f"Bundle.entry[{index}]"
     issues: list[Issue] = []
@@ -174,9 +182,11 @@ def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int
                 (f"{path}.request",),
             )
         )
+    url = request.get("url") if isinstance(request, dict) else None
+    writes = method in _METHODS_WITH_RESOURCE and not _search_or_operation(url)
     resource = entry.get("resource")
     if resource is None:
-        if method in _METHODS_WITH_RESOURCE:
+        if writes:
             issues.append(
                 Issue("error", "required", f"A {method} entry needs a resource", (f"{path}.resource",))
             )
@@ -195,8 +205,7 @@ def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int
             )
         )
         return issues
-    url = request.get("url") if isinstance(request, dict) else None
-    if method in _METHODS_WITH_RESOURCE and isinstance(url, str):
+    if writes and isinstance(url, str):
         url_type = url.split("?", 1)[0].split("/", 1)[0]
         if url_type != resource_type:
             issues.append(

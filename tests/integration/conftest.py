@@ -82,7 +82,12 @@ class Server:
 
 
 async def start_server(
-    mongo_uri: str, data_dir: Path, database: str, *, consent_default: str = "permit"
+    mongo_uri: str,
+    data_dir: Path,
+    database: str,
+    *,
+    consent_default: str = "permit",
+    trusted_proxies: str = "",
 ) -> AsyncIterator[Server]:
     settings = Settings(
         mongodb_uri=mongo_uri,
@@ -90,6 +95,7 @@ async def start_server(
         data_dir=data_dir,
         base_url=BASE_URL,
         consent_default=consent_default,
+        trusted_proxies=trusted_proxies,
     )
     app = create_app(settings)
     client: AsyncMongoClient = AsyncMongoClient(mongo_uri, tz_aware=True)

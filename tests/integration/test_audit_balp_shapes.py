@@ -526,8 +526,12 @@ async def test_refused_before_authentication_names_only_the_network_address(
         "action": "R",
         "outcome": "4",
         "agents": ANONYMOUS_READ_AGENTS,
-        "entities": [data("DocumentReference/{document}"), REQUEST_ENTITY],
+        # Anyone can send this: the resource it names is only in the raw request (no compartment).
+        "entities": [QUERY_ENTITY, REQUEST_ENTITY],
     }
+    [query] = [entity["query"] for entity in event["entity"] if "query" in entity]
+    assert base64.b64decode(query).decode() == f"GET /fhir/DocumentReference/{record.document}"
+    assert not event.get("entity", [{}])[0].get("what")
     client = event["agent"][0]
     assert client["who"] == {"display": CLIENT_ADDRESS}
     assert client["network"] == {"address": CLIENT_ADDRESS, "type": "2"}

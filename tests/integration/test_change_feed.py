@@ -248,7 +248,7 @@ async def test_a_transaction_that_commits_late_holds_the_feed_back_instead_of_be
 
 async def test_a_dead_writers_lease_holds_the_feed_back_until_it_lapses(fresh_server: Server) -> None:
     server = fresh_server
-    database = server.app.state.services.repository.database
+    database = server.database
     patient = await create(server, "Patient", patient_resource())
     now = doc.now_utc()
     pending = database[changes.PENDING_COLLECTION]
@@ -266,7 +266,7 @@ async def test_a_dead_writers_lease_holds_the_feed_back_until_it_lapses(fresh_se
 async def test_a_transaction_whose_lease_was_reaped_is_rerun_under_a_new_one(fresh_server: Server) -> None:
     server = fresh_server
     repository = server.app.state.services.repository
-    database = repository.database
+    database = server.database
     attempts = 0
     resource_id = f"reaped-{unique()}"
 

@@ -6,11 +6,13 @@ Audit codes: IHE BALP (STANDARDS §3); outcome per http://hl7.org/fhir/audit-eve
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Server, patient_resource, unique
+from tests.integration.conftest import Server, patient_resource, start_server, unique
 
 pytestmark = pytest.mark.asyncio
 
@@ -119,3 +121,16 @@ async def test_read_whose_audit_cannot_be_persisted_is_503_without_data(fresh_se
     response = await fresh_server.http.get(f"/fhir/Patient/{created['id']}", headers=fresh_server.as_doctor())
     assert response.status_code == 503
     assert "identifier" not in response.text
+
+
+async def test_x_forwarded_for_is_believed_from_a_trusted_proxy_only(mongo_uri: str, tmp_path: Path) -> None:
+    """The test client's socket address is 10.1.2.3: here it is a trusted proxy (FHIR_TRUSTED_PROXIES)."""
+    async for proxied in start_server(
+        mongo_uri, tmp_path, f"it_{uuid.uuid4().hex[:10]}", trusted_proxies="10.9.9.9, 10.1.2.3"
+    ):
+        forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.9.9.9"}
+        await proxied.http.get("/fhir/Patient/x", headers={**proxied.as_doctor(), **forwarded})
+        [event] = await events(proxied)
+        addresses = {agent.get("network", {}).get("address") for agent in event["agent"]}
+        assert "203.0.113.7" in addresses
+        assert not addresses & {"10.1.2.3", "198.51.100.1", "10.9.9.9"}

@@ -6,16 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fastapi.routing import APIRoute
 
-from fhir_server.api.routes import router
 from fhir_server.fhir.resources import BINARY, CLIENT_WRITABLE_TYPES, SUPPORTED_TYPES
+from fhir_server.interactions import dispatch
 from fhir_server.interactions.capabilities import build_capability_statement, operations_by_type
 from fhir_server.interactions.search import SEARCHABLE_TYPES, reachable_types
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 
-ROUTES = [route.path.removeprefix(router.prefix) for route in router.routes if isinstance(route, APIRoute)]
+ROUTES = ["/" + "/".join(route.shape) for route in dispatch.ROUTES]
 REGISTRY = SearchRegistry.load()
 
 
