@@ -165,7 +165,9 @@ def test_unknown_parameters_are_400_when_strict(query: str) -> None:
     ],
 )
 @pytest.mark.parametrize("strict", [False, True])
-def test_unsupported_modifiers_are_400_even_when_lenient(resource_type: str, query: str, strict: bool) -> None:
+def test_unsupported_modifiers_are_400_even_when_lenient(
+    resource_type: str, query: str, strict: bool
+) -> None:
     """R4 search.html: a server SHALL reject a modifier it does not support; ignoring one widens."""
     with pytest.raises(FhirError) as raised:
         _parse(resource_type, query, strict=strict)
