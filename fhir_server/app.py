@@ -62,7 +62,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
                 registry=registry,
                 verifier=verifier,
                 audit=audit,
-                access=AccessControl(repository, settings),
+                access=AccessControl(repository, settings, registry=registry, base_url=base_url),
             )
             yield
         finally:

@@ -1,6 +1,7 @@
-"""Who is asking: the verified token claims of DESIGN §7 (SMART v2 + IHE IUA) as one immutable value.
+"""Who is asking: the verified token claims (SMART v2 + IHE IUA) as one immutable value.
 
-https://profiles.ihe.net/ITI/IUA/index.html#3714221-jwt-iua-extensions
+Built only from claims whose shape was checked (auth/claims.py): a malformed claim is a 401, never
+a claim silently dropped. https://profiles.ihe.net/ITI/IUA/index.html#3714221-jwt-iua-extensions
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_server.auth import claims as checked
+from fhir_server.auth.purpose import ACT_REASON, BREAK_THE_GLASS, is_break_the_glass
 from fhir_server.auth.scopes import Scope, parse_scopes
 
-PURPOSE_OF_USE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
-BREAK_THE_GLASS = "BTG"
+PURPOSE_OF_USE_SYSTEM = ACT_REASON
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Coding:
         return {key: item for key, item in out.items() if item is not None}
 
     def matches(self, other: Coding) -> bool:
-        """Same code; same system when both state one."""
+        """Same code; same system when both state one (used where matching more restricts more)."""
         if self.code != other.code:
             return False
         return self.system is None or other.system is None or self.system == other.system
@@ -72,31 +74,30 @@ class Principal:
 
     @property
     def breaks_the_glass(self) -> bool:
-        return any(c.code == BREAK_THE_GLASS for c in self.purpose_of_use)
+        """The token states the purpose v3-ActReason|BTG (auth/purpose.py: the one matcher)."""
+        return any(is_break_the_glass(coding) for coding in self.purpose_of_use)
 
     @classmethod
     def from_claims(cls, claims: Mapping[str, Any], *, network_address: str | None = None) -> Principal:
-        iua: Mapping[str, Any] = (claims.get("extensions") or {}).get("ihe_iua") or {}
-        fhir_user = claims.get("fhirUser")
-        if isinstance(fhir_user, str) and "/" in fhir_user:
-            parts = fhir_user.rstrip("/").split("/")
-            fhir_user = f"{parts[-2]}/{parts[-1]}"
+        """The principal of verified claims; raises a 401 FhirError when a claim has the wrong shape."""
+        iua = checked.iua(claims)
         return cls(
             subject=str(claims.get("sub", "")),
             client_id=str(claims.get("client_id", "")),
             scopes=parse_scopes(str(claims.get("scope", ""))),
             issuer=claims.get("iss"),
             token_id=claims.get("jti"),
-            fhir_user=fhir_user,
-            patient=claims.get("patient"),
+            fhir_user=checked.fhir_user(claims),
+            patient=checked.patient(claims),
             name=iua.get("subject_name"),
-            roles=tuple(Coding.from_json(c) for c in iua.get("subject_role") or () if isinstance(c, Mapping)),
+            roles=tuple(Coding.from_json(c) for c in iua.get("subject_role") or ()),
             organization=iua.get("subject_organization"),
             organization_id=iua.get("subject_organization_id"),
-            purpose_of_use=tuple(
-                Coding.from_json(c) for c in iua.get("purpose_of_use") or () if isinstance(c, Mapping)
-            ),
+            purpose_of_use=tuple(Coding.from_json(c) for c in iua.get("purpose_of_use") or ()),
             national_provider_identifier=iua.get("national_provider_identifier"),
             person_id=iua.get("person_id"),
             network_address=network_address,
         )
+
+
+__all__ = ["BREAK_THE_GLASS", "PURPOSE_OF_USE_SYSTEM", "Coding", "Principal"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.fhir.resources import AUDIT_EVENT
 
 _SCOPE = re.compile(
     r"^(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]+)\."
@@ -70,3 +71,21 @@ def granting_scopes(
 ) -> tuple[Scope, ...]:
     """The scopes that cover this interaction on this type (union semantics): empty means 403."""
     return tuple(scope for scope in scopes if scope.covers(interaction, resource_type))
+
+
+def permitted_scopes(
+    scopes: tuple[Scope, ...], interaction: Interaction, resource_type: str, *, patient: str | None
+) -> tuple[Scope, ...]:
+    """The scopes that let this token do `interaction` on `resource_type`: empty means 403.
+
+    `patient/` scopes count only with a patient in context (`patient`, the token's claim). Reading or
+    searching the audit trail needs a scope that names AuditEvent (or a `system/`/`patient/` wildcard):
+    `user/*` does not open it.
+    """
+    audit_read = resource_type == AUDIT_EVENT and PERMISSION_OF.get(interaction) in ("r", "s")
+    return tuple(
+        scope
+        for scope in granting_scopes(scopes, interaction, resource_type)
+        if (scope.context != "patient" or patient)
+        and not (audit_read and scope.context == "user" and scope.resource_type == "*")
+    )

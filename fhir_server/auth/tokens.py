@@ -1,4 +1,4 @@
-"""Bearer JWT verification against a JWKS, with an algorithm allow-list (DESIGN §7).
+"""Bearer JWT verification against a JWKS, with an algorithm allow-list (docs/security.md).
 
 `none`, HMAC and every algorithm outside RS256/ES256 are refused before any key is looked up.
 https://www.rfc-editor.org/rfc/rfc8725 (JWT best current practices)
@@ -15,6 +15,7 @@ import httpx
 import jwt
 from jwt import PyJWK, PyJWKSet
 
+from fhir_server.auth.claims import check_registered
 from fhir_server.auth.devkeys import development_jwks
 from fhir_server.fhir.errors import unauthorized
 from fhir_server.settings import Settings
@@ -86,6 +87,7 @@ class TokenVerifier:
             raise unauthorized("The bearer token signature or claims are invalid") from error
         if not isinstance(claims.get("scope"), str):
             raise unauthorized("The bearer token carries no scope")
+        check_registered(claims)
         return claims
 
 

@@ -6,6 +6,7 @@ http://hl7.org/fhir/R4/consent.html, https://profiles.ihe.net/ITI/PCF/ch-P.html 
 from __future__ import annotations
 
 from fhir_server.auth.principal import BREAK_THE_GLASS, PURPOSE_OF_USE_SYSTEM, Coding
+from fhir_server.auth.purpose import is_break_the_glass, purpose_covers
 from fhir_server.fhir.interaction import Interaction
 
 CONSENT_ACTION_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentaction"
@@ -48,12 +49,6 @@ ACTION_OF: dict[Interaction, str] = {
 """The consentaction each interaction is; the others (capabilities, batch, transaction, operation) are
 decided per inner read/search/write and are refused here."""
 
-PURPOSE_COVERS: dict[str, frozenset[str]] = {
-    "TREAT": frozenset({"TREAT", "ETREAT", "BTG", "ERTREAT"}),
-    "ETREAT": frozenset({"ETREAT", "BTG", "ERTREAT"}),
-}
-"""v3-ActReason subsumption: TREAT ⊃ ETREAT ⊃ {BTG, ERTREAT}; other codes cover only themselves."""
-
 __all__ = [
     "ACCESS",
     "ACTION_OF",
@@ -67,13 +62,14 @@ __all__ = [
     "INVISIBLE_TO_PATIENT",
     "MASKED_TO_PROFESSIONALS",
     "PATIENT_PRIVACY",
-    "PURPOSE_COVERS",
     "PURPOSE_OF_USE_SYSTEM",
     "READ_ONLY_PROFESSIONS",
     "RESOURCE_TYPES_SYSTEM",
     "UNLABELLED_CONFIDENTIALITY",
     "USAGER_TITRE_SYSTEM",
     "VISIBILITY_SYSTEM",
+    "is_break_the_glass",
+    "purpose_covers",
 ]
 
 
@@ -82,14 +78,3 @@ def covers(pattern: Coding, actual: Coding) -> bool:
     if pattern.code is None or pattern.code != actual.code:
         return False
     return pattern.system is None or pattern.system == actual.system
-
-
-def purpose_covers(pattern: Coding, actual: Coding) -> bool:
-    """A provision purpose covers the request's purpose of use, honouring the v3-ActReason hierarchy."""
-    if pattern.code is None or actual.code is None:
-        return False
-    if pattern.system is not None and pattern.system != actual.system:
-        return False
-    if actual.system not in (None, PURPOSE_OF_USE_SYSTEM):
-        return pattern.code == actual.code
-    return actual.code in PURPOSE_COVERS.get(pattern.code, frozenset({pattern.code}))

@@ -15,15 +15,14 @@ from typing import Any
 
 from fhir_server.auth.principal import Coding, Principal
 from fhir_server.consent.codes import (
-    BREAK_THE_GLASS,
     CONFIDENTIALITY_ORDER,
     CONFIDENTIALITY_SYSTEM,
     CONSENT_ACTION_SYSTEM,
     CONSENT_SCOPE_SYSTEM,
     PATIENT_PRIVACY,
-    PURPOSE_OF_USE_SYSTEM,
     RESOURCE_TYPES_SYSTEM,
     covers,
+    is_break_the_glass,
     purpose_covers,
 )
 from fhir_server.consent.periods import aware, period_bounds
@@ -175,7 +174,7 @@ def _provision(
         path=path,
         deny=deny,
         request_match=request_match,
-        explicit_btg_deny=deny and any(_names_btg(p) for p in purposes or ()),
+        explicit_btg_deny=deny and any(is_break_the_glass(p) for p in purposes or ()),
         classes=_classes(element),
         codes=_codes(element),
         labels=_labels(element),
@@ -221,12 +220,7 @@ def _action_matches(concept: Mapping[str, Any], action: str) -> bool:
 
 
 def _purpose_matches(coding: Mapping[str, Any], principal: Principal) -> bool:
-    pattern = Coding.from_json(coding)
-    return any(purpose_covers(pattern, purpose) for purpose in principal.purpose_of_use)
-
-
-def _names_btg(coding: Mapping[str, Any]) -> bool:
-    return coding.get("code") == BREAK_THE_GLASS and coding.get("system") in (None, PURPOSE_OF_USE_SYSTEM)
+    return any(purpose_covers(coding, purpose) for purpose in principal.purpose_of_use)
 
 
 def _reference_text(reference: Any) -> str | None:

@@ -5,6 +5,8 @@ for the patients concerned it loads their Consents — on every request, with no
 Consent created, changed or revoked is enforced on the very next request on every server instance
 (DESIGN I3). Consents are loaded whatever their status: applicability is the evaluator's decision.
 Groups named as actors are read from the Consent itself (contained); Group is not a stored type.
+Every guard is narrowed to what the token's scopes leave visible (auth/confinement.py): the
+`patient/` compartment and SMART v2 `?param=value` restrictions.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fhir_server.auth.confinement import ConfinedGuard, ScopeLimits
 from fhir_server.consent import AccessRequest, ConsentGuard, ConsentPolicy, needs_consents
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import CONSENT
 from fhir_server.interactions.context import InteractionContext
+from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage import documents as doc
 from fhir_server.storage.guard import AccessGuard, GuardProvider
@@ -25,9 +29,12 @@ ACTIVE_CONSENTS: Mapping[str, Any] = {f"{doc.INDEX}.status": "active"}
 
 
 class AccessControl:
-    def __init__(self, repository: Repository, settings: Settings) -> None:
+    def __init__(
+        self, repository: Repository, settings: Settings, *, registry: SearchRegistry, base_url: str
+    ) -> None:
         self._repository = repository
         self.policy = ConsentPolicy.from_settings(settings.consent_default, settings.break_glass_roles)
+        self._limits = ScopeLimits(registry, base_url)
 
     def provider(
         self,
@@ -44,6 +51,7 @@ class AccessControl:
         return _ConsentGuards(
             self._repository,
             self.policy,
+            self._limits,
             ctx,
             interaction or ctx.interaction,
             identity_lookup=identity_lookup,
@@ -57,6 +65,7 @@ class _ConsentGuards:
         self,
         repository: Repository,
         policy: ConsentPolicy,
+        limits: ScopeLimits,
         ctx: InteractionContext,
         interaction: Interaction,
         *,
@@ -64,27 +73,29 @@ class _ConsentGuards:
     ) -> None:
         self._repository = repository
         self._policy = policy
+        self._limits = limits
         self._ctx = ctx
         self._interaction = interaction
         self._identity_lookup = identity_lookup
         self._loaded: dict[tuple[str, ...] | None, dict[str, list[Mapping[str, Any]]]] = {}
 
     async def guard(self, resource_type: str, *, patients: Sequence[str] | None) -> AccessGuard:
-        request = AccessRequest(
-            self._ctx.require_principal(), self._interaction, resource_type, self._ctx.now
-        )
+        principal = self._ctx.require_principal()
+        confinement = await self._limits.confinement(principal, self._interaction, resource_type)
+        request = AccessRequest(principal, self._interaction, resource_type, self._ctx.now)
         key = None if patients is None else tuple(sorted(set(patients)))
         if not needs_consents(request):
             consents: dict[str, list[Mapping[str, Any]]] = {patient: [] for patient in key or ()}
         else:
             consents = await self._consents(key)
-        return ConsentGuard(
+        consent = ConsentGuard(
             request,
             consents,
             policy=self._policy,
             all_patients=patients is None,
             identity_lookup=self._identity_lookup,
         )
+        return ConfinedGuard(consent, confinement)
 
     async def _consents(self, patients: tuple[str, ...] | None) -> dict[str, list[Mapping[str, Any]]]:
         if patients in self._loaded:

@@ -17,10 +17,9 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from fhir_server.audit.balp import InteractionFacts, build_audit_events
 from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.auth.principal import Principal
-from fhir_server.auth.scopes import PERMISSION_OF, granting_scopes
+from fhir_server.auth.scopes import PERMISSION_OF, permitted_scopes
 from fhir_server.auth.tokens import bearer_token
 from fhir_server.fhir.errors import FhirError, forbidden, operation_outcome, unavailable
-from fhir_server.fhir.resources import AUDIT_EVENT
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
@@ -83,20 +82,16 @@ def authenticate(services: Services, ctx: InteractionContext, authorization: str
 
 
 def check_scope(ctx: InteractionContext, resource_type: str | None = None) -> None:
-    """403 unless a SMART scope covers the interaction on the type (patient/ needs a patient in context)."""
+    """403 unless a SMART scope covers the interaction on the type (auth/scopes.py: permitted_scopes).
+
+    Which resources of the type the scopes then leave visible (`patient/` compartment, `?param=value`
+    restrictions) is decided with the data, by the guards (auth/confinement.py).
+    """
     principal = ctx.require_principal()
     target = resource_type or ctx.resource_type
     if target is None or ctx.interaction not in PERMISSION_OF:
         return
-    # Reading the audit trail needs an explicit AuditEvent scope; writes stay 405 whatever the scope.
-    wildcard_audit_read = target == AUDIT_EVENT and PERMISSION_OF[ctx.interaction] in "rs"
-    scopes = tuple(
-        scope
-        for scope in granting_scopes(principal.scopes, ctx.interaction, target)
-        if (scope.context != "patient" or principal.patient)
-        and not (wildcard_audit_read and scope.context == "user" and scope.resource_type == "*")
-    )
-    if not scopes:
+    if not permitted_scopes(principal.scopes, ctx.interaction, target, patient=principal.patient):
         raise forbidden(f"No granted scope permits {ctx.interaction} on {target}")
 
 

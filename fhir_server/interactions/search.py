@@ -2,7 +2,11 @@
 
 https://hl7.org/fhir/R4/search.html — criteria are compiled into the database query and ANDed with
 the caller's access filter by the guarded repository, as are chained and `_has` sub-queries and
-every included resource, so totals, pages and includes only ever see permitted data (DESIGN I4).
+every included resource, so totals, pages and includes only ever see permitted data.
+Scopes (docs/security.md): `_include`/`_revinclude` (`:iterate` too) reach only the types the token
+may read (`r`), and within them what its scopes confine it to; a type it may not read is simply not
+included. A chain or `_has` that searches a type the token may not search is refused (403): matching
+nothing instead would silently answer another question.
 Paging is by keyset cursor (search/paging.py): `next`/`previous` links carry an opaque `_cursor`.
 """
 
@@ -14,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from fhir_server.auth.scopes import permitted_scopes
 from fhir_server.fhir.bundles import bundle
-from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed, operation_outcome
+from fhir_server.fhir.errors import FhirError, bad_request, forbidden, method_not_allowed, operation_outcome
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
@@ -91,6 +96,8 @@ class GuardedResolver:
     async def __call__(
         self, resource_type: str, query: Mapping[str, Any], *, field: str = ID_FIELD
     ) -> list[str]:
+        if not may(self._ctx, Interaction.SEARCH_TYPE, resource_type):
+            raise forbidden(f"No granted scope permits searching {resource_type} (chained or _has criterion)")
         guard = await self._services.access.provider(self._ctx, interaction=Interaction.SEARCH_TYPE).guard(
             resource_type, patients=None
         )
@@ -109,6 +116,12 @@ class GuardedResolver:
                 [stored.id] if field == ID_FIELD else _index_values(stored, field.removeprefix("idx."))
             )
         return values
+
+
+def may(ctx: InteractionContext, interaction: Interaction, resource_type: str) -> bool:
+    """A scope of the caller's token permits `interaction` on `resource_type` (auth/scopes.py)."""
+    principal = ctx.require_principal()
+    return bool(permitted_scopes(principal.scopes, interaction, resource_type, patient=principal.patient))
 
 
 def _index_values(stored: StoredResource, code: str) -> list[str]:
@@ -335,16 +348,17 @@ def _links(
 async def _includes(
     ctx: InteractionContext, services: Services, request: SearchRequest, page: list[StoredResource]
 ) -> list[StoredResource]:
-    """Resources named by `_include`/`_revinclude`, each read through the caller's guard."""
+    """Resources named by `_include`/`_revinclude`, each read (`r`) through the caller's guard."""
     seen = {stored.reference for stored in page}
     included: list[StoredResource] = []
     frontier = list(page)
-    provider = services.access.provider(ctx)
+    provider = services.access.provider(ctx, interaction=Interaction.READ)
+    readable = frozenset(t for t in SUPPORTED_TYPES if may(ctx, Interaction.READ, t))
     for round_number in range(MAX_ITERATIONS):
         wanted = [include for include in request.includes if include.iterate or round_number == 0]
         added: list[StoredResource] = []
         for include in wanted:
-            for stored in await _follow(services, provider, include, frontier):
+            for stored in await _follow(services, provider, include, frontier, readable):
                 if stored.reference not in seen and len(included) + len(added) < MAX_INCLUDES:
                     seen.add(stored.reference)
                     added.append(stored)
@@ -387,12 +401,17 @@ def revincludes_for(registry: SearchRegistry, resource_type: str) -> list[str]:
 
 
 async def _follow(
-    services: Services, provider: GuardProvider, include: Include, sources: list[StoredResource]
+    services: Services,
+    provider: GuardProvider,
+    include: Include,
+    sources: list[StoredResource],
+    readable: frozenset[str],
 ) -> list[StoredResource]:
+    """The resources one include reaches from `sources`, among the `readable` types only."""
     code = include.parameter.code
     if include.reverse:
         keys = sorted({stored.reference for stored in sources})
-        if not keys or include.source_type not in SEARCHABLE_TYPES:
+        if not keys or include.source_type not in SEARCHABLE_TYPES or include.source_type not in readable:
             return []
         guard = await provider.guard(include.source_type, patients=None)
         return await services.repository.find(
@@ -404,7 +423,9 @@ async def _follow(
             continue
         for key in _index_values(stored, code):
             target_type, _, target_id = key.partition("/")
-            if "/" in target_id or not target_id or target_type not in reachable_types(include.parameter):
+            if "/" in target_id or not target_id:
+                continue
+            if target_type not in reachable_types(include.parameter) or target_type not in readable:
                 continue
             if include.target_type is None or include.target_type == target_type:
                 by_type.setdefault(target_type, set()).add(target_id)

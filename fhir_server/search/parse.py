@@ -4,7 +4,9 @@ https://hl7.org/fhir/R4/search.html
 
 Pure: no I/O. Unknown or unsupported parameters become warning issues on the request (lenient,
 the default) or a 400 (`Prefer: handling=strict`); malformed values are always a 400 whose
-OperationOutcome names the parameter (`expression`).
+OperationOutcome names the parameter (`expression`). A modifier this server does not support on a
+parameter it knows is always a 400, lenient or not: R4 says a server SHALL reject it, since
+ignoring it would answer a wider search than the one asked.
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ class SearchRequest:
         return tuple(include for include in self.includes if not include.reverse)
 
 
+def unsupported_modifier(name: str, diagnostics: str) -> FhirError:
+    return FhirError.of(
+        400, "not-supported", f"Unsupported search modifier in {name}: {diagnostics}", expression=(name,)
+    )
+
+
 class _Unsupported(Exception):
     """A parameter (or modifier) this server does not support: a warning, or a 400 when strict."""
 
@@ -146,7 +154,7 @@ class _Parser:
         )
         if rest:
             return self.chained(parameter, context, label, rest, raw, depth=depth)
-        self.check_modifier(parameter, context.modifier)
+        self.check_modifier(parameter, context.modifier, label)
         if context.modifier == "missing":
             if raw not in ("true", "false"):
                 raise self.malformed(label, ":missing takes true or false")
@@ -158,18 +166,19 @@ class _Parser:
             raise self.malformed(label, str(error)) from None
         return Clause(parameter, context, values)
 
-    def check_modifier(self, parameter: SearchParameter, modifier: str | None) -> None:
+    def check_modifier(self, parameter: SearchParameter, modifier: str | None, label: str) -> None:
+        """A modifier this server cannot apply is a 400 whatever the handling asked (module docstring)."""
         if modifier is None or modifier == "missing":
             return
         if parameter.type == "reference" and _RESOURCE_TYPE.fullmatch(modifier):
             if parameter.targets and ANY_TYPE not in parameter.targets and modifier not in parameter.targets:
-                raise _Unsupported(f"{parameter.code} cannot refer to {modifier}")
+                raise unsupported_modifier(label, f"{parameter.code} cannot refer to {modifier}")
             return
         allowed = TYPES[parameter.type].MODIFIERS & set(parameter.modifiers)
         if parameter.stored:
             allowed &= {"not"}
         if modifier not in allowed:
-            raise _Unsupported(f"modifier :{modifier} is not supported on {parameter.code}")
+            raise unsupported_modifier(label, f"modifier :{modifier} is not supported on {parameter.code}")
 
     def chained(
         self, parameter: SearchParameter, context: QueryContext, name: str, rest: str, raw: str, *, depth: int

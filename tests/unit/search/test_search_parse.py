@@ -134,14 +134,7 @@ def test_malformed_values_are_400_naming_the_parameter(
 
 @pytest.mark.parametrize(
     "query",
-    [
-        "unknown=1",
-        "given:below=x",
-        "_sort=nothing",
-        "_contained=true",
-        "_include=Patient:*",
-        "birthdate:exact=2000",
-    ],
+    ["unknown=1", "_sort=nothing", "_contained=true", "_include=Patient:*"],
 )
 def test_unknown_parameters_are_ignored_with_a_warning_when_lenient(query: str) -> None:
     request = _parse("Patient", query)
@@ -157,6 +150,29 @@ def test_unknown_parameters_are_400_when_strict(query: str) -> None:
     with pytest.raises(FhirError) as raised:
         _parse("Patient", query, strict=True)
     assert raised.value.status == 400 and raised.value.issues[0].code == "not-supported"
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "query"),
+    [
+        ("Patient", "given:below=x"),
+        ("Patient", "birthdate:exact=2000"),
+        ("Patient", "gender:above=female"),
+        ("Patient", "_lastUpdated:text=2020"),
+        ("DocumentReference", "patient:Group=Group/1"),
+        ("DocumentReference", "status:in=http://example.org/vs"),
+        ("Patient", "_has:Consent:patient:status:below=active"),
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_unsupported_modifiers_are_400_even_when_lenient(
+    resource_type: str, query: str, strict: bool
+) -> None:
+    """R4 search.html: a server SHALL reject a modifier it does not support; ignoring one widens."""
+    with pytest.raises(FhirError) as raised:
+        _parse(resource_type, query, strict=strict)
+    assert raised.value.status == 400
+    assert raised.value.issues[0].expression == (query.split("=")[0],)
 
 
 def test_result_controls_are_parsed() -> None:
@@ -210,4 +226,6 @@ def test_system_search_with_one_type_accepts_its_parameters() -> None:
 
 def test_id_accepts_not_but_not_text() -> None:
     assert _clause(_parse("Patient", "_id:not=a")).modifier == "not"
-    assert _parse("Patient", "_id:text=a").issues
+    with pytest.raises(FhirError) as raised:
+        _parse("Patient", "_id:text=a")
+    assert raised.value.status == 400
