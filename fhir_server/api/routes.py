@@ -341,13 +341,7 @@ def _raw_binary(request: Request, content_type: str) -> Handler:
     """`POST [base]/Binary` with the document itself as the body (R4 binary.html), streamed to storage."""
 
     async def handler(ctx: InteractionContext, services: Services) -> FhirResponse:
-        return await binary.create_raw(
-            ctx,
-            services,
-            content_type=content_type,
-            chunks=request.stream(),
-            security_context=request.headers.get("x-security-context"),
-        )
+        return await binary.create_raw(ctx, services, content_type=content_type, chunks=request.stream())
 
     return handler
 
