@@ -106,11 +106,16 @@ async def _ensure_may_write(
         raise forbidden(f"You may not {interaction} this {stored.resource_type} for this patient")
 
 
-async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> None:
-    """404 unless the caller could read the current version: a hidden resource is never revealed."""
+async def _may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> bool:
+    """Whether the caller could read the current version (the decision goes to the AuditEvent)."""
     decision = await _decide(ctx, services, stored, Interaction.READ)
     ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
-    if not decision.permit:
+    return decision.permit
+
+
+async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> None:
+    """404 unless the caller could read the current version: a hidden resource is never revealed."""
+    if not await _may_see(ctx, services, stored):
         raise not_found(stored.resource_type, stored.id)
 
 
@@ -254,10 +259,10 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
 
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
-        if previous is not None:
-            await _ensure_may_see(ctx, services, previous)
-        else:
+        if previous is None:
             _ensure_may_choose_id(ctx, resource_type, str(resource["id"]))
+        elif not await _may_see(ctx, services, previous):
+            await _refuse_as_unknown(ctx, services, resource_type, resource)
         _check_if_match(ctx, previous)
         creating = previous is None or previous.deleted
         version = 1 if previous is None else previous.version + 1
@@ -278,6 +283,25 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
         return stored, 201 if creating else 200
 
     return Planned(apply)
+
+
+async def _refuse_as_unknown(
+    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
+) -> None:
+    """A PUT on a hidden id answers what it would on a free id, as far as that answer refuses: what
+    only a create would pass (If-Match, the create decision) is checked first; then 404, since a
+    create cannot take a taken id."""
+    resource_id = str(resource["id"])
+    _ensure_may_choose_id(ctx, resource_type, resource_id)
+    _check_if_match(ctx, None)
+    body = _server_owned(ctx, resource_type, resource, None)
+    await _ensure_may_write(
+        ctx,
+        services,
+        _prospective(services, resource_type, body, version=1, now=ctx.now),
+        interaction=Interaction.CREATE,
+    )
+    raise not_found(resource_type, resource_id)
 
 
 def _ensure_may_choose_id(ctx: InteractionContext, resource_type: str, resource_id: str) -> None:
