@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.integration.mhd_examples import Document, locations, pdf_bytes, provide_bundle
-from tests.security.conftest import INS_NIR, LiveServer, nir_test_value, unique
+from tests.security.conftest import A07, INS_NIR, LiveServer, nir_test_value, unique
 
 JSON_PATCH = "application/json-patch+json"
 IRCP = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]}
@@ -298,7 +298,7 @@ def test_masking_the_document_hides_its_content(live: LiveServer, record: Record
             "value": {
                 "coding": [
                     {
-                        "system": "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument",
+                        "system": A07,
                         "code": "MASQUE_PS",
                     }
                 ]
