@@ -23,6 +23,7 @@ from fhir_server.interactions.access import AccessControl
 from fhir_server.interactions.services import Services
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
+from fhir_server.storage.binary_owners import migrate_binary_owners
 from fhir_server.storage.client import open_client
 from fhir_server.storage.embedded import EmbeddedDatabase
 from fhir_server.storage.repository import Repository
@@ -48,6 +49,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             registry = SearchRegistry.load()
             repository = Repository(client, database, extract=registry.extract)
             await repository.ensure_indexes(SUPPORTED_TYPES, registry.index_keys)
+            await migrate_binary_owners(repository, base_url=base_url)
             audit = MongoAuditSink(database, extract=registry.extract)
             await audit.ensure_indexes()
             verifier = TokenVerifier(

@@ -63,6 +63,9 @@ class InteractionContext:
     resource_id: str | None = None
     principal: Principal | None = None
     audit: AuditTrail = field(default_factory=AuditTrail)
+    bindings: dict[str, str] = field(default_factory=dict)
+    """Binary ownership the server sets within one transaction Bundle (interactions/mhd.py):
+    `Binary/<id>` -> `DocumentReference/<id>`, on the contexts of both entries."""
 
     def require_principal(self) -> Principal:
         if self.principal is None:

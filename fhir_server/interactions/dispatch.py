@@ -223,13 +223,7 @@ async def _create(call: Call) -> FhirResponse:
     media = call.body.media_type
     if call.ctx.resource_type == BINARY and media and media not in JSON_MEDIA:
         # `POST [base]/Binary` with the document itself as the body (R4 binary.html), streamed.
-        return await binary.create_raw(
-            call.ctx,
-            call.services,
-            content_type=media,
-            chunks=call.body.stream(),
-            security_context=call.ctx.request.header("x-security-context"),
-        )
+        return await binary.create_raw(call.ctx, call.services, content_type=media, chunks=call.body.stream())
     return await write.create(call.ctx, call.services, body=await _json(call.body))
 
 

@@ -4,6 +4,9 @@ https://profiles.ihe.net/ITI/MHD/ITI-65.html (STANDARDS §5.1). Checked after th
 references are rewritten to the ids the server assigns, before anything is written:
 - every DocumentReference attachment pointing at a Binary of the Bundle has the `size` and `hash`
   (SHA-1 of the raw bytes, base64) of that Binary's content, when it states them (any transaction);
+  the first DocumentReference of the Bundle that points at a Binary of the Bundle owns it: the server
+  binds them (`InteractionContext.bindings`), and the write sets `Binary.securityContext` from that
+  binding alone (consent/binary.py);
 - in an ITI-65 Bundle: one SubmissionSet List, at least one DocumentReference, every attachment
   that designates a Binary of this server designates one of the Bundle, and the SubmissionSet,
   Folders and DocumentReferences are about one patient;
@@ -22,6 +25,8 @@ from typing import Any, Protocol
 
 from fhir_server.fhir.errors import FhirError
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE, LIST
+from fhir_server.interactions.binary_access import local_binary
+from fhir_server.interactions.context import InteractionContext
 from fhir_server.storage.binaries import decode_data
 from fhir_server.storage.documents import reference_id
 
@@ -46,6 +51,7 @@ class BundleEntry(Protocol):
     resource_type: str
     resource_id: str | None
     resource: dict[str, Any] | None
+    ctx: InteractionContext
 
     @property
     def expression(self) -> str: ...
@@ -85,36 +91,45 @@ def list_kind(resource: Mapping[str, Any]) -> str | None:
 
 def binary_contents(entries: Sequence[BundleEntry]) -> dict[str, bytes]:
     """The decoded content of each Binary the Bundle writes, by its reference `Binary/<id>`."""
-    contents: dict[str, bytes] = {}
-    for entry in entries:
-        resource = entry.resource
-        if entry.method in WRITES and entry.resource_type == BINARY and resource is not None:
-            identity = resource.get("id") or entry.resource_id
-            contents[f"{BINARY}/{identity}"] = decode_data(
-                resource, expression=f"{entry.expression}.resource.data"
-            )
-    return contents
+    return {
+        reference: decode_data(entry.resource or {}, expression=f"{entry.expression}.resource.data")
+        for reference, entry in _binaries(entries).items()
+    }
+
+
+def _binaries(entries: Sequence[BundleEntry]) -> dict[str, BundleEntry]:
+    """The entries that write a Binary, by the Binary's reference `Binary/<id>`."""
+    return {
+        f"{BINARY}/{(entry.resource or {}).get('id') or entry.resource_id}": entry
+        for entry in _written(entries, BINARY)
+    }
 
 
 def check_attachments(
     entries: Sequence[BundleEntry], contents: Mapping[str, bytes], *, base_url: str, provide_bundle: bool
 ) -> dict[str, set[str]]:
-    """Size and hash of every attachment against the Bundle's Binary it points to (module docstring).
+    """Size and hash of every attachment against the Bundle's Binary it points to, and each such
+    Binary bound to the first DocumentReference pointing at it (module docstring).
 
     Returns, for each Binary of the Bundle a DocumentReference points to, the patients of those
     documents: whose record the Binary's content belongs to (its AuditEvent names them).
     """
     owners: dict[str, set[str]] = {}
+    binaries = _binaries(entries)
     for entry in _written(entries, DOCUMENT_REFERENCE):
         resource = entry.resource or {}
+        document = f"{DOCUMENT_REFERENCE}/{resource.get('id') or entry.resource_id}"
         for position, content in enumerate(resource.get("content") or []):
             attachment = content.get("attachment") or {}
             path = f"{entry.expression}.resource.content[{position}].attachment"
             url = attachment.get("url")
-            target = _local_binary(url, base_url) if isinstance(url, str) else None
+            target = local_binary(url, base_url) if isinstance(url, str) else None
             if target is None:
                 continue
             data = contents.get(target)
+            if target in binaries and target not in binaries[target].ctx.bindings:
+                binaries[target].ctx.bindings[target] = document
+                entry.ctx.bindings[target] = document
             if data is None:
                 if provide_bundle:
                     raise _invalid(
@@ -199,15 +214,6 @@ def _written(entries: Sequence[BundleEntry], resource_type: str) -> list[BundleE
         for entry in entries
         if entry.method in WRITES and entry.resource_type == resource_type and entry.resource is not None
     ]
-
-
-def _local_binary(url: str, base_url: str) -> str | None:
-    """`Binary/<id>` when `url` designates a Binary of this server (relative or under the base URL)."""
-    relative = url.removeprefix(base_url + "/")
-    parts = relative.split("/")
-    if len(parts) == 2 and parts[0] == BINARY and parts[1]:
-        return relative
-    return None
 
 
 def _invalid(entry: BundleEntry, message: str, expression: str) -> FhirError:

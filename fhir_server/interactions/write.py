@@ -7,6 +7,12 @@ https://hl7.org/fhir/R4/http.html#cond-update
 Each write decides access twice: may the caller see the current version (else 404, existence is not
 revealed), and may it make this change (else 403). The new version, its history entry and the
 AuditEvent are committed in one transaction (pipeline.audited_write).
+
+Hidden is absent (docs/security.md): a resource the caller may not see answers every write, plain or
+conditional, exactly as an id that does not exist. Creating a resource under a client-chosen id
+(update as create) is for `system/` clients only; others get 404. Error bodies never carry stored
+content (a failed JSON Patch `test` says only that it failed). A Binary is decided on the
+DocumentReference that owns it, whose ownership the server alone sets (interactions/binary_access.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import jsonpatch
 import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from fhir_server.consent.binary import decide_binary_create
+from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import (
     FhirError,
     bad_request,
@@ -33,7 +41,8 @@ from fhir_server.fhir.errors import (
     precondition_failed,
 )
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES
+from fhir_server.fhir.resources import BINARY, CLIENT_WRITABLE_TYPES, DOCUMENT_REFERENCE
+from fhir_server.interactions import binary_access
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.matching import find_matches
 from fhir_server.interactions.pipeline import audited_write
@@ -74,26 +83,39 @@ def _prepare(resource: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-async def _ensure_may_write(
-    ctx: InteractionContext, services: Services, stored: StoredResource, *, interaction: Interaction
-) -> None:
+async def _decide(
+    ctx: InteractionContext, services: Services, stored: StoredResource, interaction: Interaction
+) -> Decision:
+    """The caller's decision on one version; a Binary's is its owning document's (consent/binary.py)."""
+    if stored.resource_type == BINARY:
+        if interaction == Interaction.CREATE:
+            return decide_binary_create()
+        return await binary_access.decide(ctx, services, stored.id, interaction)
     guard = await services.access.provider(ctx, interaction=interaction).guard(
         stored.resource_type, patients=stored.compartment
     )
-    decision = guard.decide(stored)
+    return guard.decide(stored)
+
+
+async def _ensure_may_write(
+    ctx: InteractionContext, services: Services, stored: StoredResource, *, interaction: Interaction
+) -> None:
+    decision = await _decide(ctx, services, stored, interaction)
     ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
     if not decision.permit:
         raise forbidden(f"You may not {interaction} this {stored.resource_type} for this patient")
 
 
+async def _may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> bool:
+    """Whether the caller could read the current version (the decision goes to the AuditEvent)."""
+    decision = await _decide(ctx, services, stored, Interaction.READ)
+    ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
+    return decision.permit
+
+
 async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> None:
     """404 unless the caller could read the current version: a hidden resource is never revealed."""
-    guard = await services.access.provider(ctx, interaction=Interaction.READ).guard(
-        stored.resource_type, patients=stored.compartment
-    )
-    decision = guard.decide(stored)
-    ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
-    if not decision.permit:
+    if not await _may_see(ctx, services, stored):
         raise not_found(stored.resource_type, stored.id)
 
 
@@ -104,6 +126,38 @@ def _prospective(
     return StoredResource.prospective(
         resource_type, resource, version=version, now=now, index=services.registry.extract(resource)
     )
+
+
+async def _matches(
+    ctx: InteractionContext, services: Services, resource_type: str, params: Sequence[tuple[str, str]]
+) -> list[StoredResource]:
+    """Up to two visible resources matching conditional criteria; a hidden one does not match."""
+    if resource_type == BINARY:
+        return await binary_access.find_matches(ctx, services, params)
+    return await find_matches(ctx, services, resource_type, params)
+
+
+def _server_owned(
+    ctx: InteractionContext, resource_type: str, resource: dict[str, Any], previous: StoredResource | None
+) -> dict[str, Any]:
+    """The resource with what only the server sets: a Binary's owner and uploader."""
+    if resource_type == BINARY:
+        return binary_access.owned(ctx, resource, previous)
+    return resource
+
+
+async def _bind(
+    ctx: InteractionContext,
+    services: Services,
+    resource_type: str,
+    resource: dict[str, Any],
+    previous: StoredResource | None,
+    session: AsyncClientSession,
+) -> None:
+    """A DocumentReference designates only Binaries it may (interactions/binary_access.py)."""
+    if resource_type == DOCUMENT_REFERENCE:
+        live = previous if previous is not None and not previous.deleted else None
+        await binary_access.bind_attachments(ctx, services, resource, live, session=session)
 
 
 def _check_if_match(ctx: InteractionContext, current: StoredResource | None) -> None:
@@ -135,7 +189,7 @@ async def plan_create(ctx: InteractionContext, services: Services, resource: dic
     resource_type = _writable(ctx)
     condition = ctx.request.header("if-none-exist")
     if condition:
-        matches = await find_matches(ctx, services, resource_type, _query_pairs(condition))
+        matches = await _matches(ctx, services, resource_type, _query_pairs(condition))
         if len(matches) > 1:
             raise precondition_failed(f"If-None-Exist '{condition}' matches several resources")
         if matches:
@@ -152,20 +206,22 @@ def _plan_new(
     ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
 ) -> Planned:
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        body = _server_owned(ctx, resource_type, resource, None)
         await _ensure_may_write(
             ctx,
             services,
-            _prospective(services, resource_type, resource, version=1, now=ctx.now),
+            _prospective(services, resource_type, body, version=1, now=ctx.now),
             interaction=Interaction.CREATE,
         )
-        previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
+        previous = await services.repository.current_for_write(resource_type, body["id"], session=session)
         if previous is not None:
             await _ensure_may_see(ctx, services, previous)
         if previous is not None and not previous.deleted:
-            raise FhirError.of(409, "duplicate", f"{resource_type}/{resource['id']} already exists")
+            raise FhirError.of(409, "duplicate", f"{resource_type}/{body['id']} already exists")
         _check_if_match(ctx, previous)
+        await _bind(ctx, services, resource_type, body, None, session)
         stored = await services.repository.save(
-            resource_type, resource, previous=previous, now=ctx.now, session=session
+            resource_type, body, previous=previous, now=ctx.now, session=session
         )
         ctx.audit.version_id = str(stored.version)
         return stored, 201
@@ -176,10 +232,12 @@ def _plan_new(
 async def plan_update(ctx: InteractionContext, services: Services, resource: dict[str, Any]) -> Planned:
     resource_type = _writable(ctx)
     if ctx.resource_id is None:
-        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        matches = await _matches(ctx, services, resource_type, _search_pairs(ctx))
         if len(matches) > 1:
             raise precondition_failed("The conditional update criteria match several resources")
         if not matches:
+            if "id" in resource:
+                _ensure_may_choose_id(ctx, resource_type, str(resource["id"]))
             resource.setdefault("id", str(uuid.uuid4()))
             check_id(resource_type, resource["id"])
             ctx.resource_id = resource["id"]
@@ -201,21 +259,25 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
 
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
-        if previous is not None:
-            await _ensure_may_see(ctx, services, previous)
+        if previous is None:
+            _ensure_may_choose_id(ctx, resource_type, str(resource["id"]))
+        elif not await _may_see(ctx, services, previous):
+            await _refuse_as_unknown(ctx, services, resource_type, resource)
         _check_if_match(ctx, previous)
         creating = previous is None or previous.deleted
         version = 1 if previous is None else previous.version + 1
         if not creating and previous is not None:
             await _ensure_may_write(ctx, services, previous, interaction=Interaction.UPDATE)
+        body = _server_owned(ctx, resource_type, resource, None if creating else previous)
         await _ensure_may_write(
             ctx,
             services,
-            _prospective(services, resource_type, resource, version=version, now=ctx.now),
+            _prospective(services, resource_type, body, version=version, now=ctx.now),
             interaction=Interaction.CREATE if creating else Interaction.UPDATE,
         )
+        await _bind(ctx, services, resource_type, body, previous, session)
         stored = await services.repository.save(
-            resource_type, resource, previous=previous, now=ctx.now, session=session
+            resource_type, body, previous=previous, now=ctx.now, session=session
         )
         ctx.audit.version_id = str(stored.version)
         return stored, 201 if creating else 200
@@ -223,11 +285,36 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
     return Planned(apply)
 
 
+async def _refuse_as_unknown(
+    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
+) -> None:
+    """A PUT on a hidden id answers what it would on a free id, as far as that answer refuses: what
+    only a create would pass (If-Match, the create decision) is checked first; then 404, since a
+    create cannot take a taken id."""
+    resource_id = str(resource["id"])
+    _ensure_may_choose_id(ctx, resource_type, resource_id)
+    _check_if_match(ctx, None)
+    body = _server_owned(ctx, resource_type, resource, None)
+    await _ensure_may_write(
+        ctx,
+        services,
+        _prospective(services, resource_type, body, version=1, now=ctx.now),
+        interaction=Interaction.CREATE,
+    )
+    raise not_found(resource_type, resource_id)
+
+
+def _ensure_may_choose_id(ctx: InteractionContext, resource_type: str, resource_id: str) -> None:
+    """Update as create (a client-chosen id) is for `system/` clients: others get what an unknown id gets."""
+    if not ctx.require_principal().is_system:
+        raise not_found(resource_type, resource_id)
+
+
 async def _target(ctx: InteractionContext, services: Services, resource_type: str) -> str | None:
     """The id a patch or delete acts on: the URL's, or the single visible match of its search
     criteria (None when nothing matches; 412 when several do)."""
     if ctx.resource_id is None:
-        matches = await find_matches(ctx, services, resource_type, _search_pairs(ctx))
+        matches = await _matches(ctx, services, resource_type, _search_pairs(ctx))
         if not matches:
             return None
         if len(matches) > 1:
@@ -274,11 +361,14 @@ async def plan_patch(
                 "A patch may not change the resource id or type",
                 expression=(resource_type,),
             )
-        patched = _prepare(validate_or_raise(patched, expected_type=resource_type))
+        patched = _server_owned(
+            ctx, resource_type, _prepare(validate_or_raise(patched, expected_type=resource_type)), previous
+        )
         prospective = _prospective(
             services, resource_type, patched, version=previous.version + 1, now=ctx.now
         )
         await _ensure_may_write(ctx, services, prospective, interaction=Interaction.PATCH)
+        await _bind(ctx, services, resource_type, patched, previous, session)
         stored = await services.repository.save(
             resource_type, patched, previous=previous, now=ctx.now, session=session
         )
@@ -403,12 +493,17 @@ def parse_patch(body: bytes) -> list[dict[str, Any]]:
 
 
 def _apply_patch(resource: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
-    try:
-        result = jsonpatch.JsonPatch(operations).apply(resource, in_place=False)
-    except jsonpatch.JsonPatchTestFailed as error:
-        raise FhirError.of(422, "processing", f"JSON Patch test failed: {error}") from error
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as error:
-        raise FhirError.of(422, "processing", f"The JSON Patch cannot be applied: {error}") from error
+    """The patched resource. Failures are named by operation and path, never by the stored values
+    (the library's own messages quote the document)."""
+    result: Any = resource
+    for position, operation in enumerate(operations):
+        where = f"operation {position} ({operation.get('op')!r} at {operation.get('path')!r})"
+        try:
+            result = jsonpatch.JsonPatch([operation]).apply(result, in_place=False)
+        except jsonpatch.JsonPatchTestFailed as error:
+            raise FhirError.of(422, "processing", f"JSON Patch test failed: {where}") from error
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as error:
+            raise FhirError.of(422, "processing", f"The JSON Patch cannot be applied: {where}") from error
     if not isinstance(result, dict):
         raise FhirError.of(422, "processing", "The JSON Patch does not yield a resource")
     return result

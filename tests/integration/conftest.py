@@ -179,7 +179,14 @@ def document_resource(
         "type": {"coding": [{"system": "http://loinc.org", "code": loinc, "display": "Consultation note"}]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "date": "2026-10-01T09:30:00+02:00",
-        "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/example"}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "url": "https://documents.example.org/example.pdf",
+                }
+            }
+        ],
     }
     if author:
         document["author"] = [{"reference": author}]

@@ -271,7 +271,14 @@ def document(
         "subject": {"reference": f"Patient/{patient_id}"},
         "date": "2026-10-01T09:30:00+02:00",
         "author": [{"reference": author or "Practitioner/dr-author-other"}],
-        "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{uuid.uuid4()}"}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "url": f"https://documents.example.org/{uuid.uuid4()}.pdf",
+                }
+            }
+        ],
     }
     if labels:
         resource["securityLabel"] = labels

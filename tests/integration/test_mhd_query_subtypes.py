@@ -60,4 +60,6 @@ async def test_raw_binary_upload_is_stored_and_read_back(server: Server) -> None
     binary_id = response.headers["location"].split("/Binary/")[1].split("/")[0]
     stored = await server.database.Binary.find_one({"_id": binary_id})
     assert stored["res"]["contentType"] == "application/pdf"
-    assert stored["pat"] == [patient["id"]]
+    assert "securityContext" not in stored["res"], "X-Security-Context is the client's: not taken"
+    read = await server.http.get(f"/fhir/Binary/{binary_id}", headers=headers)
+    assert read.content == content

@@ -183,7 +183,9 @@ async def test_document_invisible_to_the_patient_hides_its_content_from_the_pati
 
 
 async def test_document_of_another_patient_does_not_open_a_binary(server: Server) -> None:
-    """A DocumentReference only gives access to a Binary of its own patient (securityContext)."""
+    """A DocumentReference may not designate a Binary its caller may not read: it is refused (422,
+    as for an unknown Binary), and the Binary stays out of reach. A client's securityContext is not
+    taken."""
     victim, _ = await create_patient(server)
     content = pdf_bytes()
     binary_resource = {
@@ -217,15 +219,23 @@ async def test_document_of_another_patient_does_not_open_a_binary(server: Server
     reference = lure.document_reference(f"Patient/{attacker}")
     reference["content"][0]["attachment"] = {"contentType": "application/pdf", "url": binary_ref}
     written = await server.http.post("/fhir/DocumentReference", json=reference, headers=lefebvre(server))
-    assert written.status_code == 201, written.text
+    assert written.status_code == 422, written.text
+    reference["content"][0]["attachment"]["url"] = "Binary/unknown-binary"
+    unknown = await server.http.post("/fhir/DocumentReference", json=reference, headers=lefebvre(server))
+    assert unknown.status_code == 422
+    assert unknown.json()["issue"][0]["diagnostics"] == written.json()["issue"][0]["diagnostics"].replace(
+        binary_ref, "Binary/unknown-binary"
+    )
     assert (await server.http.get(f"/fhir/{binary_ref}", headers=lefebvre(server))).status_code == 404
+    stored = await server.database.Binary.find_one({"_id": binary_ref.split("/")[1]})
+    assert "securityContext" not in stored["res"]
 
 
 @pytest.mark.parametrize(
     ("who", "status"),
     [("system", 200), ("doctor", 404), ("unknown-id", 404)],
 )
-async def test_binary_no_document_points_to_is_decided_on_its_own(
+async def test_binary_no_document_owns_is_visible_to_its_uploader_only(
     server: Server, who: str, status: int
 ) -> None:
     created = await server.http.post(
@@ -250,7 +260,7 @@ async def _stream(data: bytes, *, piece: int = 64 * 1024) -> AsyncIterator[bytes
         yield data[start : start + piece]
 
 
-async def _raw_upload(server: Server, data: bytes, *, content_type: str, context: str | None) -> Any:
+async def _raw_upload(server: Server, data: bytes, *, content_type: str) -> Any:
     services: Services = server.app.state.services
     ctx = InteractionContext(
         interaction=Interaction.CREATE,
@@ -260,9 +270,7 @@ async def _raw_upload(server: Server, data: bytes, *, content_type: str, context
     )
 
     async def handler(ctx: InteractionContext, services: Services) -> Any:
-        return await binary.create_raw(
-            ctx, services, content_type=content_type, chunks=_stream(data), security_context=context
-        )
+        return await binary.create_raw(ctx, services, content_type=content_type, chunks=_stream(data))
 
     return await execute(services, ctx, handler, authorization=server.as_system()["Authorization"])
 
@@ -273,14 +281,13 @@ async def _raw_upload(server: Server, data: bytes, *, content_type: str, context
 async def test_raw_upload_is_streamed_into_storage_and_retrieved_byte_for_byte(
     server: Server, size: int
 ) -> None:
-    patient, _ = await create_patient(server)
     data = pdf_bytes(size)
-    response = await _raw_upload(server, data, content_type="application/pdf", context=f"Patient/{patient}")
+    response = await _raw_upload(server, data, content_type="application/pdf")
     assert response.status == 201, response.body
     binary_id = response.body["id"]
     stored = await server.database.Binary.find_one({"_id": binary_id})
     assert ("data" in stored["res"]) == (size <= INLINE_LIMIT)
-    assert stored["pat"] == [patient]
+    assert stored["pat"] == []
     retrieved = await server.http.get(f"/fhir/Binary/{binary_id}", headers=server.as_system())
     assert retrieved.content == data
     assert retrieved.headers["content-type"] == "application/pdf"

@@ -79,11 +79,16 @@ async def test_update_creates_new_version_and_vread_returns_each(server: Server)
     assert missing.status_code == 404
 
 
-async def test_update_with_client_id_creates(server: Server) -> None:
+async def test_update_with_client_id_creates_for_system_clients_only(server: Server) -> None:
+    """Update as create is for `system/` clients; others get what an unknown id gets (404)."""
     resource_id = f"pat-{unique()}"
     resource = patient_resource() | {"id": resource_id}
+    refused = await server.http.put(f"/fhir/Patient/{resource_id}", json=resource, headers=server.as_doctor())
+    assert refused.status_code == 404
+    assert refused.json()["issue"][0]["diagnostics"] == f"Resource Patient/{resource_id} is not known"
+    assert await server.database.Patient.count_documents({"_id": resource_id}) == 0
     response = await server.http.put(
-        f"/fhir/Patient/{resource_id}", json=resource, headers=server.as_doctor()
+        f"/fhir/Patient/{resource_id}", json=resource, headers=server.as_system()
     )
     assert response.status_code == 201
     assert response.json()["id"] == resource_id

@@ -159,7 +159,13 @@ async def test_date_matching(server: Server, query: str, hit: bool) -> None:
     document = {
         "context": {"period": {"start": "2026-01-01"}},
         "content": [
-            {"attachment": {"contentType": "application/pdf", "url": "Binary/x", "creation": "2026-09-15"}}
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "url": "https://documents.example.org/x.pdf",
+                    "creation": "2026-09-15",
+                }
+            }
         ],
     }
     patient_id, (document_id,) = await patient_with_documents(server, [document])
