@@ -23,6 +23,7 @@ import jsonpatch
 import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from fhir_server.consent.writers import identity_change
 from fhir_server.fhir.errors import (
     FhirError,
     bad_request,
@@ -83,7 +84,19 @@ async def _ensure_may_write(
     decision = guard.decide(stored)
     ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
     if not decision.permit:
-        raise forbidden(f"You may not {interaction} this {stored.resource_type} for this patient")
+        raise forbidden(
+            f"You may not {interaction} this {stored.resource_type} for this patient ({decision.rule})"
+        )
+
+
+def _ensure_identity_kept(
+    ctx: InteractionContext, previous: StoredResource, resource: dict[str, Any]
+) -> None:
+    """A patient changes her demographics, never her identifiers (consent/writers.py)."""
+    refusal = identity_change(ctx.require_principal(), previous.resource, resource)
+    if refusal is not None:
+        ctx.audit.decisions.append(refusal)
+        raise forbidden(f"A patient may not change the identifiers of her record ({refusal.rule})")
 
 
 async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> None:
@@ -208,6 +221,7 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
         version = 1 if previous is None else previous.version + 1
         if not creating and previous is not None:
             await _ensure_may_write(ctx, services, previous, interaction=Interaction.UPDATE)
+            _ensure_identity_kept(ctx, previous, resource)
         await _ensure_may_write(
             ctx,
             services,
@@ -275,6 +289,7 @@ async def plan_patch(
                 expression=(resource_type,),
             )
         patched = _prepare(validate_or_raise(patched, expected_type=resource_type))
+        _ensure_identity_kept(ctx, previous, patched)
         prospective = _prospective(
             services, resource_type, patched, version=previous.version + 1, now=ctx.now
         )
