@@ -105,6 +105,7 @@ def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) 
         principal=ctx.principal,
         client_address=ctx.request.client_address,
         patient_ids=tuple(sorted(ctx.audit.patients)),
+        refused_patient_ids=tuple(sorted(ctx.audit.refused_patients - ctx.audit.patients)),
         resources=tuple(ctx.audit.resources),
         raw_query=_raw_request(ctx) if ctx.interaction.is_search or ctx.interaction.is_history else None,
         request_id=ctx.request.request_id,

@@ -338,6 +338,14 @@ class Repository:
         )
         return [tuple(item.get(doc.COMPARTMENT) or ()) async for item in cursor]
 
+    async def labelled_ids(self, resource_type: str, *, patient: str, label: str) -> set[str]:
+        """Ids of current versions in `patient`'s compartment that carry `label`: only so that the
+        patient's view of her audit trail leaves out what she may not read (audit/views.py)."""
+        cursor = self.database[resource_type].find(
+            {doc.COMPARTMENT: patient, doc.SECURITY: label}, projection={doc.ID: 1}
+        )
+        return {str(item[doc.ID]) async for item in cursor}
+
     async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""
         criteria = conjunction([LIVE, query])
