@@ -190,8 +190,8 @@ def build_audit_events(facts: InteractionFacts) -> list[dict[str, Any]]:
     principal = facts.principal
     self_id = principal.patient if principal is not None and principal.is_patient else None
     if self_id is None:
-        patients = list(dict.fromkeys((*facts.patient_ids, *facts.refused_patient_ids))) or [None]
-        return [_event(facts, patient) for patient in patients]
+        patients: list[str | None] = list(dict.fromkeys((*facts.patient_ids, *facts.refused_patient_ids)))
+        return [_event(facts, patient) for patient in patients or [None]]
     served = list(dict.fromkeys(facts.patient_ids))
     others = [p for p in dict.fromkeys((*served, *facts.refused_patient_ids)) if p != self_id]
     own: list[str | None] = [self_id] if self_id in served else [None]
