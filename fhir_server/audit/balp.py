@@ -10,6 +10,13 @@ Choices the profiles leave open, and what this module does:
   transaction/batch and operations are action E with the Query agent roles; capabilities follows Read.
 - one AuditEvent per patient concerned (BALP PatientQuery rule, applied to every interaction so
   each event has at most one patient entity); none concerned: one event without patient entity.
+  Concerned: the compartments of the resources the request read or wrote, the patients a search
+  names (even when it found nothing), and the patients of a refused access.
+- a patient's own trail is the same whether a target she names exists or not, so that it never
+  reveals another record (docs/audit.md): when the requestor is a patient, her user agent names her
+  by reference (which puts the event in her compartment) only in events about her own record or
+  about no record; the event recorded for another patient names her by identifier only, and a
+  refused access adds no patient to her own events (her attempt is recorded without patient entity).
 - searches and history never list their results as data entities (BALP minimal pattern), which
   also keeps one patient's resources out of another patient's events.
 - a refused or failed interaction keeps the same shape with outcome 4 (4xx) or 8 (5xx) and
@@ -147,7 +154,10 @@ class InteractionFacts:
     """None when refused before authentication: the client address is then the only identity."""
     client_address: str | None = None
     patient_ids: tuple[str, ...] = ()
-    """Patients concerned: compartment of the resource(s) read or written, or of the search results."""
+    """Patients concerned: compartment of the resource(s) read or written, of the search results, and
+    the patients a search names."""
+    refused_patient_ids: tuple[str, ...] = ()
+    """Compartments of the resources whose access was refused."""
     resources: tuple[str, ...] = ()
     """Other relative references concerned (not recorded for searches and history: BALP minimal)."""
     raw_query: bytes | None = None
@@ -177,11 +187,23 @@ def outcome_of(status: int) -> str:
 
 def build_audit_events(facts: InteractionFacts) -> list[dict[str, Any]]:
     """The AuditEvents of one interaction: one per patient concerned, or one when none is."""
-    patients: list[str | None] = [*dict.fromkeys(facts.patient_ids)] or [None]
-    return [_event(facts, patient) for patient in patients]
+    principal = facts.principal
+    self_id = principal.patient if principal is not None and principal.is_patient else None
+    if self_id is None:
+        patients: list[str | None] = list(dict.fromkeys((*facts.patient_ids, *facts.refused_patient_ids)))
+        return [_event(facts, patient) for patient in patients or [None]]
+    served = list(dict.fromkeys(facts.patient_ids))
+    others = [p for p in dict.fromkeys((*served, *facts.refused_patient_ids)) if p != self_id]
+    own: list[str | None] = [self_id] if self_id in served else [None]
+    return [
+        *(_event(facts, patient) for patient in own),
+        *(_event(facts, patient, requestor_by_reference=False) for patient in others),
+    ]
 
 
-def _event(facts: InteractionFacts, patient_id: str | None) -> dict[str, Any]:
+def _event(
+    facts: InteractionFacts, patient_id: str | None, *, requestor_by_reference: bool = True
+) -> dict[str, Any]:
     pattern = PATTERNS[facts.interaction]
     outcome = outcome_of(facts.status)
     event: dict[str, Any] = {"resourceType": "AuditEvent"}
@@ -200,7 +222,7 @@ def _event(facts: InteractionFacts, patient_id: str | None) -> dict[str, Any]:
     purposes = _purposes(facts)
     if purposes:
         event["purposeOfEvent"] = [_concept(coding) for coding in purposes]
-    event["agent"] = _agents(facts, pattern, purposes)
+    event["agent"] = _agents(facts, pattern, purposes, requestor_by_reference=requestor_by_reference)
     event["source"] = {
         "observer": _server_reference(facts.server),
         "type": [dict(_APPLICATION_SERVER)],
@@ -243,13 +265,17 @@ def _server_reference(server: str) -> dict[str, Any]:
 
 
 def _agents(
-    facts: InteractionFacts, pattern: _Pattern, purposes: list[dict[str, str]]
+    facts: InteractionFacts,
+    pattern: _Pattern,
+    purposes: list[dict[str, str]],
+    *,
+    requestor_by_reference: bool,
 ) -> list[dict[str, Any]]:
     principal = facts.principal
     address = facts.client_address or (principal.network_address if principal else None)
     agents: list[dict[str, Any]] = []
     if principal is not None:
-        agents.append(_user_agent(principal, pattern, purposes))
+        agents.append(_user_agent(principal, pattern, purposes, by_reference=requestor_by_reference))
     agents.append(_client_agent(principal, pattern, address))
     agents.append(
         {
@@ -271,9 +297,11 @@ def _agents(
     return agents
 
 
-def _user_agent(principal: Principal, pattern: _Pattern, purposes: list[dict[str, str]]) -> dict[str, Any]:
+def _user_agent(
+    principal: Principal, pattern: _Pattern, purposes: list[dict[str, str]], *, by_reference: bool
+) -> dict[str, Any]:
     who: dict[str, Any] = {}
-    if principal.fhir_user:
+    if principal.fhir_user and by_reference:
         who["reference"] = principal.fhir_user
     if principal.subject:
         identifier = {"system": principal.issuer} if principal.issuer else {}

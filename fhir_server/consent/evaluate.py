@@ -4,10 +4,10 @@ Order of the rules, first that applies wins:
 1. interactions without a consent action (capabilities, batch, transaction, operation) are refused:
    the caller decides their inner reads, searches and writes;
 2. patient tokens: their own compartment is theirs (`patient-self`: read, write, manage own Consents)
-   except resources labelled `INVISIBLE_PATIENT`; nothing outside it;
+   except resources labelled `INVISIBLE_PATIENT` and the deletion of their Patient; nothing outside it;
 3. read-only professions (TRE_R95 `71` ostéopathe) get `access` only;
-4. identity: creating a Patient needs only the scope (`identity-create`); `system/` clients with Patient
-   scopes read, search, history and update Patients (`identity-management`);
+4. who writes and reads Consents, Patients and the audit trail (writers.py): consent management,
+   identity creation and management, audit review, and the refusals of professionals;
 5. no patient compartment (a Binary not yet linked...): nothing to consent to, and no patient who could;
    creation is allowed, reading only to `system/` clients (`no-patient-context`);
 6. the author of a DocumentReference reads it, masked or not (`author`);
@@ -19,8 +19,7 @@ Order of the rules, first that applies wins:
    deny or the default deny unless a deciding deny provision names purpose BTG itself; no consent
    says anything: FHIR_CONSENT_DEFAULT;
 9. a professional searching a Patient by exact identifier sees it (`identity-lookup`) when 8 denies.
-A professional recording a Consent (`collect` on Consent) needs what `access` to that patient's data
-would get in 8. Data criteria read the stored document: `resource_type`, `id`, `security` (labels), the
+Data criteria read the stored document: `resource_type`, `id`, `security` (labels), the
 resource JSON (`type.coding`, `author`, `context`, `relatesTo`, `entry.item`, `source`) and the `date`
 / `period` index ranges, so that filter.py can express the same test on the same stored fields.
 """
@@ -58,26 +57,12 @@ from fhir_server.consent.provisions import (
     RequestSide,
     compile_consents,
 )
-from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import AUDIT_EVENT, CONSENT, DOCUMENT_REFERENCE, PATIENT
+from fhir_server.consent.writers import patient_rule, role_rule
+from fhir_server.fhir.resources import AUDIT_EVENT, DOCUMENT_REFERENCE, PATIENT
 from fhir_server.storage.documents import StoredResource
 
 LIST = "List"
 NO_GROUPS: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
-
-IDENTITY_MANAGEMENT = frozenset(
-    {
-        Interaction.READ,
-        Interaction.VREAD,
-        Interaction.SEARCH_TYPE,
-        Interaction.SEARCH_SYSTEM,
-        Interaction.HISTORY_INSTANCE,
-        Interaction.HISTORY_TYPE,
-        Interaction.HISTORY_SYSTEM,
-        Interaction.UPDATE,
-        Interaction.PATCH,
-    }
-)
 
 ConsentSource = Callable[[str], Sequence[Mapping[str, Any]] | None]
 """The consents of one patient (any status), or None when they were not loaded (patient not visible)."""
@@ -139,24 +124,11 @@ class Evaluator:
             and principal.breaks_the_glass
             and any(covers(allowed, role) for allowed in policy.break_glass_roles for role in principal.roles)
         )
-        self.identity_manager = (
-            principal.is_system
-            and request.interaction in IDENTITY_MANAGEMENT
-            and any(s.context == "system" and s.resource_type in (PATIENT, "*") for s in principal.scopes)
-        )
-        self.audit_reviewer = principal.is_system and any(
-            s.context == "system" and s.resource_type == AUDIT_EVENT for s in principal.scopes
-        )
         self._compiled: dict[tuple[str, str], tuple[CompiledConsent, ...]] = {}
 
     def default_permits(self, resource_type: str) -> bool:
         """The opt-out default serves care: it never opens a patient's audit trail."""
         return self.policy.default == "permit" and resource_type != AUDIT_EVENT
-
-    @staticmethod
-    def consent_action(action: str, resource_type: str) -> str:
-        """The action consents are asked about: recording a Consent needs what reading would get."""
-        return ACCESS if action == COLLECT and resource_type == CONSENT else action
 
     def compiled(
         self, patient_id: str, consents: Sequence[Mapping[str, Any]], action: str
@@ -188,15 +160,14 @@ class Evaluator:
                 return Decision.deny("outside-patient-compartment")
             if INVISIBLE_TO_PATIENT in stored.security:
                 return Decision.deny("invisible-to-patient")
-            return Decision.allow("patient-self")
+            return patient_rule(self.request.interaction, stored.resource_type) or Decision.allow(
+                "patient-self"
+            )
         if self.read_only and self.action != ACCESS:
             return Decision.deny("read-only-profession")
-        if stored.resource_type == AUDIT_EVENT and self.audit_reviewer and self.action == ACCESS:
-            return Decision.allow("audit-review")
-        if stored.resource_type == PATIENT and self.action == COLLECT:
-            return Decision.allow("identity-create")
-        if stored.resource_type == PATIENT and self.identity_manager:
-            return Decision.allow("identity-management")
+        fixed = role_rule(principal, self.action, stored.resource_type)
+        if fixed is not None:
+            return fixed
         if not stored.compartment:
             if self.action == COLLECT or principal.is_system:
                 return Decision.allow("no-patient-context")
@@ -206,9 +177,7 @@ class Evaluator:
             return Decision.allow("author")
         if not author and MASKED_TO_PROFESSIONALS in stored.security:
             return Decision.deny("masked")
-        decision = self._by_consent(
-            stored, consents_of, self.consent_action(self.action, stored.resource_type)
-        )
+        decision = self._by_consent(stored, consents_of, self.action)
         if (
             not decision.permit
             and stored.resource_type == PATIENT

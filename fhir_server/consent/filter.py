@@ -33,7 +33,8 @@ from typing import Any, TypeGuard, cast
 from fhir_server.consent.codes import ACCESS, COLLECT, CONFIDENTIALITY_ORDER, CONFIDENTIALITY_SYSTEM
 from fhir_server.consent.evaluate import REFERENCE_PATHS, Evaluator
 from fhir_server.consent.provisions import AUTHORED_BY, CompiledConsent, DataItem, Label, Provision
-from fhir_server.fhir.resources import AUDIT_EVENT, DOCUMENT_REFERENCE, PATIENT
+from fhir_server.consent.writers import patient_rule, role_rule
+from fhir_server.fhir.resources import DOCUMENT_REFERENCE, PATIENT
 from fhir_server.storage.documents import (
     COMPARTMENT,
     ID,
@@ -146,18 +147,15 @@ def consent_filter(
     if action is None:
         return False
     if principal.is_patient and principal.patient is not None:
-        return {VISIBILITY: patient_key(principal.patient)}
+        fixed = patient_rule(evaluator.request.interaction, resource_type)
+        return False if fixed is not None else {VISIBILITY: patient_key(principal.patient)}
     if evaluator.read_only and action != ACCESS:
         return False
-    if resource_type == AUDIT_EVENT and evaluator.audit_reviewer and action == ACCESS:
-        return True
-    if resource_type == PATIENT and (action == COLLECT or evaluator.identity_manager):
-        return True
-    consent_action = Evaluator.consent_action(action, resource_type)
+    fixed = role_rule(principal, action, resource_type)
+    if fixed is not None:
+        return fixed.permit
     allowed = {
-        patient: _patient_permits(
-            evaluator, evaluator.compiled(patient, consents, consent_action), resource_type
-        )
+        patient: _patient_permits(evaluator, evaluator.compiled(patient, consents, action), resource_type)
         for patient, consents in sorted(consents_by_patient.items())
     }
     unloaded_permit = all_patients and (evaluator.default_permits(resource_type) or evaluator.break_the_glass)

@@ -33,6 +33,8 @@ class AuditTrail:
     """What the AuditEvent of this interaction will name, filled in as the interaction proceeds."""
 
     patients: set[str] = field(default_factory=set)
+    refused_patients: set[str] = field(default_factory=set)
+    """Compartments of resources whose access was refused (kept apart: docs/audit.md, own trail)."""
     resources: list[str] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     version_id: str | None = None
@@ -49,7 +51,10 @@ class AuditTrail:
     ) -> None:
         if reference not in self.resources:
             self.resources.append(reference)
-        self.patients.update(patients)
+        if decision is None or decision.permit:
+            self.patients.update(patients)
+        else:
+            self.refused_patients.update(patients)
         if decision is not None:
             self.decisions.append(decision)
 

@@ -126,6 +126,7 @@ def facts_of(ctx: InteractionContext, status: int, *, outcome_desc: str | None) 
         principal=ctx.principal,
         client_address=ctx.request.client_address,
         patient_ids=tuple(sorted(ctx.audit.patients)),
+        refused_patient_ids=tuple(sorted(ctx.audit.refused_patients - ctx.audit.patients)),
         resources=tuple(ctx.audit.resources),
         raw_query=_raw_request(ctx) if raw else None,
         request_id=ctx.request.request_id,

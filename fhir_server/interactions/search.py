@@ -23,6 +23,7 @@ from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden, method_not_allowed, operation_outcome
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
+from fhir_server.interactions import trail
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
@@ -258,12 +259,14 @@ async def _search(
     cursor = decode_cursor(request.cursor, sort) if request.cursor else None
     extra, run_sort = page_query(sort, cursor)
     provider = services.access.provider(ctx, identity_lookup=is_identity_lookup(request))
+    named = {resource_type: anchored_patients(resource_type, criteria) for resource_type in types}
     guards = {
-        resource_type: await provider.guard(
-            resource_type, patients=anchored_patients(resource_type, criteria)
-        )
+        resource_type: await provider.guard(resource_type, patients=named[resource_type])
         for resource_type in types
     }
+    for patients in named.values():
+        # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
+        ctx.audit.patients.update(patients or ())
 
     total: int | None = None
     if request.total != "none" or request.summary == "count":
@@ -299,6 +302,8 @@ async def _search(
     included = await _includes(ctx, services, request, page) if page and request.includes else []
     for stored in [*page, *included]:
         ctx.audit.touch(stored.reference, patients=stored.compartment)
+    page = await trail.served(ctx, services, page)
+    included = await trail.served(ctx, services, included)
 
     links = _links(request, sort, cursor, page, more=more, path=path)
     entries = [_entry(services, request, stored, mode="match") for stored in page]

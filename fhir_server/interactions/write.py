@@ -31,6 +31,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from fhir_server.consent.binary import decide_binary_create
 from fhir_server.consent.model import Decision
+from fhir_server.consent.writers import identity_change
 from fhir_server.fhir.errors import (
     FhirError,
     bad_request,
@@ -103,7 +104,19 @@ async def _ensure_may_write(
     decision = await _decide(ctx, services, stored, interaction)
     ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
     if not decision.permit:
-        raise forbidden(f"You may not {interaction} this {stored.resource_type} for this patient")
+        raise forbidden(
+            f"You may not {interaction} this {stored.resource_type} for this patient ({decision.rule})"
+        )
+
+
+def _ensure_identity_kept(
+    ctx: InteractionContext, previous: StoredResource, resource: dict[str, Any]
+) -> None:
+    """A patient changes her demographics, never her identifiers (consent/writers.py)."""
+    refusal = identity_change(ctx.require_principal(), previous.resource, resource)
+    if refusal is not None:
+        ctx.audit.decisions.append(refusal)
+        raise forbidden(f"A patient may not change the identifiers of her record ({refusal.rule})")
 
 
 async def _may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> bool:
@@ -268,6 +281,7 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
         version = 1 if previous is None else previous.version + 1
         if not creating and previous is not None:
             await _ensure_may_write(ctx, services, previous, interaction=Interaction.UPDATE)
+            _ensure_identity_kept(ctx, previous, resource)
         body = _server_owned(ctx, resource_type, resource, None if creating else previous)
         await _ensure_may_write(
             ctx,
@@ -364,6 +378,7 @@ async def plan_patch(
         patched = _server_owned(
             ctx, resource_type, _prepare(validate_or_raise(patched, expected_type=resource_type)), previous
         )
+        _ensure_identity_kept(ctx, previous, patched)
         prospective = _prospective(
             services, resource_type, patched, version=previous.version + 1, now=ctx.now
         )

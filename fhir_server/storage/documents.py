@@ -24,6 +24,9 @@ A stored document (current and history alike):
     chg    change marker, an int in commit order (storage/changes.py); set on every version of a
            client-writable type, current and history alike
     cht    change time: the instant the marker was taken, never decreasing along `chg`
+    ins    live Patients only, when they hold one: their INS as "system|value" keys (identity_keys),
+           under a unique index, so that an INS identifies at most one Patient (current documents
+           only; absent from history)
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from fhir_server.validation.ins import UNIQUE_INS_SYSTEMS
 
 ID = "_id"
 RESOURCE_ID = "rid"
@@ -46,6 +51,7 @@ SECURITY = "sec"
 VISIBILITY = "vis"
 CHANGE = "chg"
 CHANGE_TIME = "cht"
+IDENTITY = "ins"
 
 
 UNVERSIONED_TYPES = frozenset({"AuditEvent"})
@@ -236,6 +242,20 @@ class StoredResource:
         return f"{self.resource_type}/{self.id}"
 
 
+def identity_keys(resource: Mapping[str, Any]) -> list[str]:
+    """The INS of a Patient as `system|value` keys (systems of UNIQUE_INS_SYSTEMS, value trimmed)."""
+    if resource.get("resourceType") != "Patient":
+        return []
+    keys = set()
+    for identifier in resource.get("identifier") or []:
+        if not isinstance(identifier, Mapping):
+            continue
+        system, value = identifier.get("system"), identifier.get("value")
+        if system in UNIQUE_INS_SYSTEMS and isinstance(value, str) and value.strip():
+            keys.add(f"{system}|{value.strip()}")
+    return sorted(keys)
+
+
 def to_document(
     resource: dict[str, Any],
     *,
@@ -245,7 +265,7 @@ def to_document(
     deleted: bool = False,
 ) -> dict[str, Any]:
     """The current-version document; `resource` already carries id and meta."""
-    return {
+    document: dict[str, Any] = {
         ID: resource["id"],
         VERSION: version,
         LAST_UPDATED: last_updated,
@@ -256,10 +276,14 @@ def to_document(
         SECURITY: security_labels(resource),
         VISIBILITY: visibility_keys(resource, deleted=deleted),
     }
+    identities = [] if deleted else identity_keys(resource)
+    if identities:
+        document[IDENTITY] = identities
+    return document
 
 
 def to_history_document(current: Mapping[str, Any]) -> dict[str, Any]:
-    document = dict(current)
+    document = {key: value for key, value in current.items() if key != IDENTITY}
     document[RESOURCE_ID] = current[ID]
     document[ID] = f"{current[ID]}/{current[VERSION]}"
     return document

@@ -10,6 +10,7 @@ https://hl7.org/fhir/R4/http.html
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -23,7 +24,8 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.consent.model import Decision
-from fhir_server.fhir.errors import conflict, gone, not_found, unavailable
+from fhir_server.fhir.errors import FhirError, conflict, gone, not_found, unavailable
+from fhir_server.fhir.resources import PATIENT
 from fhir_server.storage import changes
 from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
@@ -32,6 +34,10 @@ from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.exports import JobStore
 from fhir_server.storage.filters import conjunction
 from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
+
+log = logging.getLogger("fhir_server")
+IDENTITY_INDEX = "ins_unique"
+"""The unique index on the `ins` keys of live Patients (storage/documents.py)."""
 
 IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 T = TypeVar("T")
@@ -142,14 +148,21 @@ class Repository:
         index = {} if deleted else self._extract(body)
         current = doc.to_document(body, version=version, last_updated=now, index=index, deleted=deleted)
         collection = self._database[resource_type]
-        if previous is None:
-            await collection.insert_one(current, session=session)
-        else:
-            replaced = await collection.replace_one(
-                {doc.ID: previous.id, doc.VERSION: previous.version}, current, session=session
-            )
-            if replaced.matched_count != 1:
-                raise conflict(f"{resource_type}/{previous.id} was changed by a concurrent write; retry")
+        try:
+            if previous is None:
+                await collection.insert_one(current, session=session)
+            else:
+                replaced = await collection.replace_one(
+                    {doc.ID: previous.id, doc.VERSION: previous.version}, current, session=session
+                )
+                if replaced.matched_count != 1:
+                    raise conflict(f"{resource_type}/{previous.id} was changed by a concurrent write; retry")
+        except DuplicateKeyError as error:
+            if doc.IDENTITY in ((error.details or {}).get("keyPattern") or {}):
+                raise FhirError.of(
+                    409, "duplicate", "This INS already identifies another Patient; nothing was written"
+                ) from error
+            raise
         await self._database[doc.history_collection(resource_type)].insert_one(
             doc.to_history_document(current), session=session
         )
@@ -335,6 +348,14 @@ class Repository:
         )
         return [tuple(item.get(doc.COMPARTMENT) or ()) async for item in cursor]
 
+    async def labelled_ids(self, resource_type: str, *, patient: str, label: str) -> set[str]:
+        """Ids of current versions in `patient`'s compartment that carry `label`: only so that the
+        patient's view of her audit trail leaves out what she may not read (audit/views.py)."""
+        cursor = self._database[resource_type].find(
+            {doc.COMPARTMENT: patient, doc.SECURITY: label}, projection={doc.ID: 1}
+        )
+        return {str(item[doc.ID]) async for item in cursor}
+
     async def policy_documents(self, resource_type: str, query: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Resources the access policy itself reads (Consents, Groups) to decide; never sent to a client."""
         criteria = conjunction([LIVE, query])
@@ -357,6 +378,8 @@ class Repository:
             await history.create_index([(doc.LAST_UPDATED, DESCENDING), (doc.ID, DESCENDING)])
             await history.create_index([(doc.CHANGE, ASCENDING)])
             await current.create_index([(doc.CHANGE_TIME, ASCENDING)])
+        if PATIENT in resource_types:
+            await self._ensure_identity_index()
         await changes.ensure_counter(self._database, now=doc.now_utc())
 
     async def change_horizon(self, *, now: datetime) -> Horizon:
@@ -366,6 +389,29 @@ class Repository:
     async def estimated_count(self, resource_type: str) -> int:
         """The collection's size from its metadata, for progress estimates only (no documents read)."""
         return int(await self._database[resource_type].estimated_document_count())
+
+    async def _ensure_identity_index(self) -> None:
+        """The unique index that makes an INS identify at most one Patient, and the `ins` keys of
+        Patients stored before it existed. Duplicates already stored cannot be keyed: they are
+        logged, and any later write to them is refused until an identity manager resolves them."""
+        patients = self._database[PATIENT]
+        await patients.create_index(
+            [(doc.IDENTITY, ASCENDING)],
+            name=IDENTITY_INDEX,
+            unique=True,
+            partialFilterExpression={doc.IDENTITY: {"$exists": True}},
+        )
+        unkeyed = {doc.IDENTITY: {"$exists": False}, doc.DELETED: False}
+        async for found in patients.find(unkeyed, projection={doc.RESOURCE: 1}):
+            keys = doc.identity_keys(found.get(doc.RESOURCE) or {})
+            if not keys:
+                continue
+            try:
+                await patients.update_one({doc.ID: found[doc.ID]}, {"$set": {doc.IDENTITY: keys}})
+            except DuplicateKeyError:
+                log.error(
+                    "Patient/%s shares an INS with another Patient; resolve the duplicate", found[doc.ID]
+                )
 
     async def ping(self) -> bool:
         try:

@@ -80,6 +80,12 @@ class Server:
             self.token(scopes=["system/*.cruds"], sub="platform", client_id="platform"), **extra
         )
 
+    def as_consent_service(self, **extra: str) -> dict[str, str]:
+        """The platform's consent-capture service: `system/*` does not write Consents, an explicit
+        `system/Consent` scope does (docs/consent.md, who writes what)."""
+        scopes = ["system/*.cruds", "system/Consent.cruds"]
+        return self.headers(self.token(scopes=scopes, sub="platform", client_id="platform"), **extra)
+
 
 async def start_server(
     mongo_uri: str,

@@ -596,12 +596,26 @@ async def test_search_spanning_patients_records_one_event_per_patient(server: Se
 
 
 async def test_search_with_no_result_records_one_event_with_the_query_and_no_patient(server: Server) -> None:
-    path = f"/fhir/DocumentReference?patient=nobody-{unique()}"
+    path = f"/fhir/DocumentReference?_id=nothing-{unique()}"
     response, events, request_id = await send(server, "GET", path, headers=server.as_doctor())
     assert response.json()["total"] == 0
     [event] = events
     assert summary(event, {request_id: "{request}"})["entities"] == [QUERY_ENTITY, REQUEST_ENTITY]
     assert base64.b64decode(event["entity"][0]["query"]).decode() == f"GET {path}"
+
+
+async def test_search_naming_a_patient_is_in_that_patients_trail_even_when_it_found_nothing(
+    server: Server,
+) -> None:
+    """BALP patient-query: the patients a search names are concerned by it, whatever it found."""
+    patient = f"nobody-{unique()}"
+    path = f"/fhir/DocumentReference?patient={patient}"
+    response, events, _ = await send(server, "GET", path, headers=server.as_doctor())
+    assert response.json()["total"] == 0
+    [event] = events
+    assert patient_of(event) == patient
+    [query] = [entity for entity in event["entity"] if "query" in entity]
+    assert base64.b64decode(query["query"]).decode() == f"GET {path}"
 
 
 async def test_history_spanning_patients_records_one_event_per_patient(

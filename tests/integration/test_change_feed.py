@@ -68,7 +68,8 @@ async def stored_versions(server: Server, *types: str, before: datetime | None =
 
 
 async def create(server: Server, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await server.http.post(f"/fhir/{path}", json=body, headers=server.as_system())
+    headers = server.as_consent_service() if path == "Consent" else server.as_system()
+    response = await server.http.post(f"/fhir/{path}", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
 

@@ -412,7 +412,9 @@ async def test_a_patient_who_denied_the_platform_has_no_data_in_its_export(fresh
     made = await seed(fresh, patients=2, documents=2)
     refusing, other = list(made)
     created = await fresh.http.post(
-        "/fhir/Consent", json=denying_consent(refusing, actor=f"Device/{PLATFORM}"), headers=fresh.as_system()
+        "/fhir/Consent",
+        json=denying_consent(refusing, actor=f"Device/{PLATFORM}"),
+        headers=fresh.as_consent_service(),
     )
     assert created.status_code == 201, created.text
     token = platform(fresh)
@@ -442,7 +444,9 @@ async def test_an_export_is_audited_with_a_summary_and_one_event_per_patient(fre
     made = await seed(fresh, patients=3, documents=1)
     refusing = list(made)[0]
     await fresh.http.post(
-        "/fhir/Consent", json=denying_consent(refusing, actor=f"Device/{PLATFORM}"), headers=fresh.as_system()
+        "/fhir/Consent",
+        json=denying_consent(refusing, actor=f"Device/{PLATFORM}"),
+        headers=fresh.as_consent_service(),
     )
     token = platform(fresh)
     await export_all(fresh, token, _type="DocumentReference")

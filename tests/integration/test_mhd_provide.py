@@ -283,7 +283,9 @@ async def test_consent_refusal_inside_the_transaction_discards_uploaded_content(
             ],
         },
     }
-    created = await fresh_server.http.post("/fhir/Consent", json=deny, headers=fresh_server.as_system())
+    created = await fresh_server.http.post(
+        "/fhir/Consent", json=deny, headers=fresh_server.as_consent_service()
+    )
     assert created.status_code == 201, created.text
     document = Document(pdf_bytes(300 * 1024))
     bundle = provide_bundle(f"Patient/{patient}", [document])

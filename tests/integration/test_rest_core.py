@@ -67,15 +67,15 @@ async def test_update_creates_new_version_and_vread_returns_each(server: Server)
     created = await create_patient(server)
     changed = created | {"gender": "male"}
     response = await server.http.put(
-        f"/fhir/Patient/{created['id']}", json=changed, headers=server.as_doctor()
+        f"/fhir/Patient/{created['id']}", json=changed, headers=server.as_system()
     )
     assert response.status_code == 200
     assert response.json()["meta"]["versionId"] == "2"
-    first = await server.http.get(f"/fhir/Patient/{created['id']}/_history/1", headers=server.as_doctor())
-    second = await server.http.get(f"/fhir/Patient/{created['id']}/_history/2", headers=server.as_doctor())
+    first = await server.http.get(f"/fhir/Patient/{created['id']}/_history/1", headers=server.as_system())
+    second = await server.http.get(f"/fhir/Patient/{created['id']}/_history/2", headers=server.as_system())
     assert first.json()["gender"] == "female"
     assert second.json()["gender"] == "male"
-    missing = await server.http.get(f"/fhir/Patient/{created['id']}/_history/3", headers=server.as_doctor())
+    missing = await server.http.get(f"/fhir/Patient/{created['id']}/_history/3", headers=server.as_system())
     assert missing.status_code == 404
 
 
@@ -108,10 +108,10 @@ async def test_update_with_mismatched_id_is_400_and_writes_nothing(server: Serve
 async def test_if_match_mismatch_is_412_and_match_updates(server: Server) -> None:
     created = await create_patient(server)
     url = f"/fhir/Patient/{created['id']}"
-    stale = await server.http.put(url, json=created, headers=server.as_doctor(**{"If-Match": 'W/"7"'}))
+    stale = await server.http.put(url, json=created, headers=server.as_system(**{"If-Match": 'W/"7"'}))
     assert stale.status_code == 412
     assert await server.database.Patient_history.count_documents({"rid": created["id"]}) == 1
-    fresh = await server.http.put(url, json=created, headers=server.as_doctor(**{"If-Match": 'W/"1"'}))
+    fresh = await server.http.put(url, json=created, headers=server.as_system(**{"If-Match": 'W/"1"'}))
     assert fresh.status_code == 200
     assert fresh.headers["etag"] == 'W/"2"'
 
@@ -142,7 +142,7 @@ async def test_json_patch_changes_element_and_bumps_version(server: Server) -> N
     response = await server.http.patch(
         f"/fhir/Patient/{created['id']}",
         content=json.dumps(patch),
-        headers=server.as_doctor(**{"Content-Type": "application/json-patch+json"}),
+        headers=server.as_system(**{"Content-Type": "application/json-patch+json"}),
     )
     assert response.status_code == 200, response.text
     assert response.json()["gender"] == "other"
@@ -166,7 +166,7 @@ async def test_patch_producing_invalid_resource_is_422_and_writes_nothing(server
     response = await server.http.patch(
         f"/fhir/Patient/{created['id']}",
         content=json.dumps(patch),
-        headers=server.as_doctor(**{"Content-Type": "application/json-patch+json"}),
+        headers=server.as_system(**{"Content-Type": "application/json-patch+json"}),
     )
     assert response.status_code == 422
     assert await server.database.Patient_history.count_documents({"rid": created["id"]}) == 1
@@ -203,15 +203,15 @@ async def test_conditional_patch_masks_document_by_identifier(server: Server) ->
 async def test_delete_then_read_is_410_and_history_keeps_tombstone(server: Server) -> None:
     created = await create_patient(server)
     url = f"/fhir/Patient/{created['id']}"
-    deleted = await server.http.delete(url, headers=server.as_doctor())
+    deleted = await server.http.delete(url, headers=server.as_system())
     assert deleted.status_code == 204
-    gone = await server.http.get(url, headers=server.as_doctor())
+    gone = await server.http.get(url, headers=server.as_system())
     assert gone.status_code == 410
     assert gone.json()["issue"][0]["code"] == "deleted"
-    history = (await server.http.get(f"{url}/_history", headers=server.as_doctor())).json()
+    history = (await server.http.get(f"{url}/_history", headers=server.as_system())).json()
     assert history["type"] == "history"
     assert [entry["request"]["method"] for entry in history["entry"]] == ["DELETE", "POST"]
-    recreated = await server.http.put(url, json=created, headers=server.as_doctor())
+    recreated = await server.http.put(url, json=created, headers=server.as_system())
     assert recreated.status_code == 201
     assert recreated.json()["meta"]["versionId"] == "3"
 
@@ -255,9 +255,9 @@ async def test_conditional_update_creates_then_updates(server: Server) -> None:
     resource = patient_resource()
     identifier = resource["identifier"][0]
     url = f"/fhir/Patient?identifier={identifier['system']}|{identifier['value']}"
-    created = await server.http.put(url, json=resource, headers=server.as_doctor())
+    created = await server.http.put(url, json=resource, headers=server.as_system())
     assert created.status_code == 201
-    updated = await server.http.put(url, json=resource | {"gender": "male"}, headers=server.as_doctor())
+    updated = await server.http.put(url, json=resource | {"gender": "male"}, headers=server.as_system())
     assert updated.status_code == 200
     assert updated.json()["id"] == created.json()["id"]
     assert updated.json()["meta"]["versionId"] == "2"
@@ -350,7 +350,7 @@ async def test_unsupported_type_is_404(server: Server) -> None:
 async def test_concurrent_updates_with_if_match_let_exactly_one_win(server: Server) -> None:
     created = await create_patient(server)
     url = f"/fhir/Patient/{created['id']}"
-    headers = server.as_doctor(**{"If-Match": 'W/"1"'})
+    headers = server.as_system(**{"If-Match": 'W/"1"'})
     responses = await asyncio.gather(
         *(
             server.http.put(url, json=created | {"gender": g}, headers=headers)

@@ -113,7 +113,7 @@ async def test_conditional_create_inside_transaction_reuses_existing_patient(fre
 
 
 async def test_transaction_patch_delete_and_read_entries(fresh_server: Server) -> None:
-    headers = fresh_server.as_doctor()
+    headers = fresh_server.as_system()
     first = (await fresh_server.http.post("/fhir/Patient", json=patient_resource(), headers=headers)).json()
     second = (await fresh_server.http.post("/fhir/Patient", json=patient_resource(), headers=headers)).json()
     patch = base64.b64encode(

@@ -577,12 +577,12 @@ FIXED = {
         [],
         Decision.deny("default-deny"),
     ),
-    "system client does not delete identities outside consent": (
+    "system identity manager deletes a Patient": (
         system_client(scope="system/Patient.cruds"),
         Interaction.DELETE,
         PATIENT_P1,
         [],
-        Decision.deny("default-deny"),
+        Decision.allow("identity-management"),
     ),
     "professional sees a Patient by consent": (
         DR_A,
@@ -619,19 +619,12 @@ FIXED = {
         [],
         Decision.allow("no-patient-context"),
     ),
-    "professional records a consent for a patient it serves": (
+    "professional never records a consent, even for a patient it serves": (
         DR_A,
         Interaction.CREATE,
         RECORDED,
-        [consent("c1", permit(action=action("access")))],
-        Decision.allow(C1, consents=("Consent/c1",)),
-    ),
-    "professional cannot record a consent for a patient it may not serve": (
-        DR_A,
-        Interaction.CREATE,
-        RECORDED,
-        DENY_ALL,
-        Decision.deny(C1, consents=("Consent/c1",)),
+        [consent("c1", permit())],
+        Decision.deny("consent-writers"),
     ),
     "a DocumentReference create needs collect": (
         DR_A,
@@ -640,12 +633,12 @@ FIXED = {
         [consent("c1", permit(action=action("access")))],
         Decision.deny("default-deny"),
     ),
-    "every compartment patient must permit": (
+    "a professional never reads the audit trail, whatever the consents": (
         DR_A,
         Interaction.READ,
         AUDIT_TWO_PATIENTS,
         PERMIT_ALL,
-        Decision.deny("default-deny"),
+        Decision.deny("audit-readers"),
     ),
     "transactions are decided entry by entry": (
         DR_A,

@@ -243,19 +243,30 @@ def reference_decide(
             return Decision.deny("outside-patient-compartment")
         if "INVISIBLE_PATIENT" in codes:
             return Decision.deny("invisible-to-patient")
+        if rtype == "Patient" and interaction == Interaction.DELETE:
+            return Decision.deny("identity-writers")
         return Decision.allow("patient-self")
     if action != "access" and any(r.code == "71" for r in principal.roles):
         return Decision.deny("read-only-profession")
-    audit_scope = any(s.context == "system" and s.resource_type == "AuditEvent" for s in principal.scopes)
-    if rtype == "AuditEvent" and action == "access" and principal.is_system and audit_scope:
-        return Decision.allow("audit-review")
+    system_types = {s.resource_type for s in principal.scopes if s.context == "system"}
+    system_types = system_types if principal.is_system else set()
+    if rtype == "Consent":
+        if "Consent" in system_types:
+            return Decision.allow("consent-management")
+        if action != "access":
+            return Decision.deny("consent-writers")
+        if not principal.is_system:
+            return Decision.deny("consent-readers")
+    if rtype == "AuditEvent":
+        if action == "access" and "AuditEvent" in system_types:
+            return Decision.allow("audit-review")
+        return Decision.deny("audit-readers")
     if rtype == "Patient" and action == "collect":
         return Decision.allow("identity-create")
-    patient_scope = any(
-        s.context == "system" and s.resource_type in ("Patient", "*") for s in principal.scopes
-    )
-    if rtype == "Patient" and principal.is_system and patient_scope and interaction != Interaction.DELETE:
+    if rtype == "Patient" and system_types & {"Patient", "*"}:
         return Decision.allow("identity-management")
+    if rtype == "Patient" and action != "access":
+        return Decision.deny("identity-writers")
     if not pat:
         ok = action == "collect" or principal.is_system
         return Decision(ok, "no-patient-context")
@@ -278,7 +289,7 @@ def reference_decide(
             for b in policy.break_glass_roles
         )
     )
-    asked = "access" if (rtype == "Consent" and action == "collect") else action
+    asked = action
     permits = []
     for patient in pat:
         denied, permitted, refusals = [], [], []
