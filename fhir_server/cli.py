@@ -186,6 +186,11 @@ def audit_verify(args: argparse.Namespace) -> int:
         database.stop()
 
 
+def _client_base_url(args: argparse.Namespace) -> str:
+    """--base-url, else the served base URL: FHIR_BASE_URL, else http://127.0.0.1:8080/fhir."""
+    return str(args.base_url or Settings().resolved_base_url("127.0.0.1", 8080)).rstrip("/")
+
+
 def _dev_key_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if args.data_dir else Settings().data_dir
 
@@ -204,7 +209,7 @@ def import_files(args: argparse.Namespace) -> int:
     from fhir_server.auth.devkeys import mint_token
     from fhir_server.importer import run_import
 
-    base_url = args.base_url.rstrip("/")
+    base_url = _client_base_url(args)
     token_value = args.token or mint_token(
         _dev_key_dir(args),
         audience=args.audience or base_url,
@@ -230,7 +235,7 @@ def export_files(args: argparse.Namespace) -> int:
     from fhir_server.auth.devkeys import mint_token
     from fhir_server.exporter import ExportFailed, ExportRequest, run_export
 
-    base_url = args.base_url.rstrip("/")
+    base_url = _client_base_url(args)
     token_value = args.token or mint_token(
         _dev_key_dir(args),
         audience=args.audience or base_url,
@@ -259,6 +264,7 @@ def export_files(args: argparse.Namespace) -> int:
     return 0
 
 
+BASE_URL_HELP = "the server's FHIR base URL (default: FHIR_BASE_URL, else http://127.0.0.1:8080/fhir)"
 SERVE_DESCRIPTION = """\
 Start the FHIR server: the API under /fhir, liveness at /health.
 
@@ -352,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser.add_argument(
         "files", nargs="+", help=".ndjson files, or Bundles (batch, transaction, collection)"
     )
-    import_parser.add_argument("--base-url", default="http://127.0.0.1:8080/fhir")
+    import_parser.add_argument("--base-url", help=BASE_URL_HELP)
     import_parser.add_argument("--token", help="bearer token (default: minted with the development key)")
     import_parser.add_argument("--data-dir", help="the server's FHIR_DATA_DIR, for its development key")
     import_parser.add_argument("--audience", help="aud of the minted token (default: the base URL)")
@@ -360,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser.set_defaults(run=import_files)
 
     export_parser = commands.add_parser("export", help="run a bulk $export and download its NDJSON files")
-    export_parser.add_argument("--base-url", default="http://127.0.0.1:8080/fhir")
+    export_parser.add_argument("--base-url", help=BASE_URL_HELP)
     export_parser.add_argument("--level", choices=["system", "patient", "group"], default="system")
     export_parser.add_argument("--group", help="Group id (with --level group)")
     export_parser.add_argument("--type", action="append", help="resource type to export, repeatable")

@@ -23,6 +23,7 @@ import jsonpatch
 import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from fhir_server.consent.refusals import refusal_reason
 from fhir_server.fhir.errors import (
     FhirError,
     bad_request,
@@ -83,7 +84,8 @@ async def _ensure_may_write(
     decision = guard.decide(stored)
     ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
     if not decision.permit:
-        raise forbidden(f"You may not {interaction} this {stored.resource_type} for this patient")
+        reason = refusal_reason(decision, stored.compartment)
+        raise forbidden(f"You may not {interaction} this {stored.resource_type}: {reason}")
 
 
 async def _ensure_may_see(ctx: InteractionContext, services: Services, stored: StoredResource) -> None:
