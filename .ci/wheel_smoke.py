@@ -75,6 +75,10 @@ def build_and_install(work: Path) -> Path:
     dist, venv = work / "dist", work / "venv"
     for directory in (dist, venv):
         shutil.rmtree(directory, ignore_errors=True)
+    # setuptools builds in the checkout's build/ and never deletes from it: a module removed from the
+    # sources would otherwise still ship in the wheel.
+    for stale in [ROOT / "build" / "lib", *ROOT.glob("build/bdist.*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     step("building the wheel")
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist, ROOT])
     wheels = sorted(dist.glob("fhir_server-*.whl"))
