@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration conformance demo bench clean
+.PHONY: run test lint unit integration wheel-smoke conformance demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,18 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration -q
 
+# The wheel as users and the Docker image get it: built, installed non-editable in a fresh venv
+# (build/wheel-smoke), served from there and used over HTTP (.ci/wheel_smoke.py).
+wheel-smoke: $(STAMP)
+	$(BIN)/python .ci/wheel_smoke.py
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest tests -q
+	$(MAKE) wheel-smoke
 	$(BIN)/python conformance_tests/run_live.py --report-dir reports/conformance -q
 	$(BIN)/fhir-server demo
 
@@ -46,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_rest.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache reports
+	rm -rf $(VENV) .pytest_cache .ruff_cache reports build

@@ -5,8 +5,9 @@ The AsyncMongoClient belongs to one event loop, so it is created in the lifespan
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -29,6 +30,16 @@ from fhir_server.storage.embedded import EmbeddedDatabase
 from fhir_server.storage.repository import Repository
 
 log = logging.getLogger("fhir_server")
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Await a shutdown step for at most CLOSE_TIMEOUT_SECONDS: a step that talks to a database that
+    has already gone waits for server selection (30 s by default), and a stop must stay quick."""
+    try:
+        await asyncio.wait_for(step, CLOSE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("%s: no answer from the database within %.0f s, gave up", what, CLOSE_TIMEOUT_SECONDS)
 
 
 def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> FastAPI:
@@ -68,7 +79,10 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             )
             yield
         finally:
-            await client.close()
+            worker = getattr(app.state, "export_worker", None)
+            if worker is not None:
+                await _bounded(worker.stop(), "stopping the export worker")
+            await _bounded(client.close(), "closing the database client")
             if embedded is not None:
                 embedded.stop()
 

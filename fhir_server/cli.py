@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 PROFESSION_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
 PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -20,15 +28,95 @@ def _coding(text: str, default_system: str) -> dict[str, str]:
     return {"system": system if separator else default_system, "code": code}
 
 
-def serve(args: argparse.Namespace) -> int:
-    import uvicorn
+class _Stopped(Exception):
+    """SIGINT or SIGTERM reached `serve` outside uvicorn's own handling (which re-raises it at its end)."""
 
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM into `_Stopped`, so that `finally` blocks (stopping the embedded
+    database, removing its URI file) run on a signal as on a normal return; later signals are ignored
+    while those blocks run."""
+    received: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if not received:
+            received.append(signum)
+            raise _Stopped
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def worker_app() -> FastAPI:
+    """The app factory of `serve --workers N`: each worker process builds its app from FHIR_* variables
+    (`serve` sets FHIR_BASE_URL for them when it is unset)."""
     from fhir_server.app import create_app
 
+    return create_app(Settings())
+
+
+def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "info",
+        # X-Forwarded-For is believed only from FHIR_TRUSTED_PROXIES, by the API (api/peer.py).
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": args.shutdown_timeout,
+    }
+    if args.workers > 1:
+        os.environ.setdefault("FHIR_BASE_URL", settings.resolved_base_url(args.host, args.port))
+        uvicorn.run("fhir_server.cli:worker_app", factory=True, workers=args.workers, **options)
+        return
+    from fhir_server.app import create_app
+
+    uvicorn.run(create_app(settings, host=args.host, port=args.port), **options)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from fhir_server.storage.embedded import DataDirectoryInUse, EmbeddedDatabase
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(Settings(), host=args.host, port=args.port)
-    # No proxy headers at the ASGI layer: the API believes X-Forwarded-For only from FHIR_TRUSTED_PROXIES.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    settings = Settings()
+    with _stopped_by_signals():
+        try:
+            if settings.mongodb_uri is not None:
+                _run_uvicorn(settings, args)
+                return 0
+            if args.workers > 1:
+                print(
+                    "fhir-server: --workers needs FHIR_MONGODB_URI: the embedded database serves one "
+                    "process only (docs/scaling.md)",
+                    file=sys.stderr,
+                )
+                return 2
+            if importlib.util.find_spec("secantus") is None:
+                print(
+                    "fhir-server: no FHIR_MONGODB_URI and the embedded database is not installed: "
+                    "set FHIR_MONGODB_URI, or pip install 'fhir-server[embedded]'",
+                    file=sys.stderr,
+                )
+                return 2
+            database = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db")
+            try:
+                database.start()
+            except DataDirectoryInUse as busy:
+                print(f"fhir-server: {busy}", file=sys.stderr)
+                return 1
+            try:
+                logging.getLogger("fhir_server").info("embedded database listening on %s", database.uri)
+                _run_uvicorn(settings.model_copy(update={"mongodb_uri": database.uri}), args)
+            finally:
+                database.stop()
+        except _Stopped:
+            pass
     return 0
 
 
@@ -57,7 +145,8 @@ def token(args: argparse.Namespace) -> int:
         iua["national_provider_identifier"] = args.npi
     if args.person_id:
         iua["person_id"] = args.person_id
-    audience = args.audience or settings.auth_audience or settings.resolved_base_url("127.0.0.1", 8080)
+    audience = args.audience or settings.auth_audience or settings.resolved_base_url("127.0.0.1", args.port)
+    print(f"audience: {audience}", file=sys.stderr)
     print(
         mint_token(
             settings.data_dir,
@@ -77,15 +166,30 @@ def token(args: argparse.Namespace) -> int:
 
 def audit_verify(args: argparse.Namespace) -> int:
     from fhir_server.audit.verify import run_verify
+    from fhir_server.storage.embedded import DataDirectoryInUse, EmbeddedDatabase
 
     settings = Settings()
     uri = args.uri or settings.mongodb_uri
-    if uri is None:
-        from fhir_server.storage.embedded import EmbeddedDatabase
+    if uri is not None:
+        return run_verify(uri, settings.database)
+    database = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db")
+    try:
+        database.start()
+    except DataDirectoryInUse as busy:
+        if busy.uri is None:
+            print(f"fhir-server: {busy}", file=sys.stderr)
+            return 1
+        print(f"using the database of the running server (pid {busy.pid}): {busy.uri}", file=sys.stderr)
+        return run_verify(busy.uri, settings.database)
+    try:
+        return run_verify(database.uri, settings.database)
+    finally:
+        database.stop()
 
-        with EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db") as database:
-            return run_verify(database.uri, settings.database)
-    return run_verify(uri, settings.database)
+
+def _client_base_url(args: argparse.Namespace) -> str:
+    """--base-url, else the served base URL: FHIR_BASE_URL, else http://127.0.0.1:8080/fhir."""
+    return str(args.base_url or Settings().resolved_base_url("127.0.0.1", 8080)).rstrip("/")
 
 
 def _dev_key_dir(args: argparse.Namespace) -> Path:
@@ -106,7 +210,7 @@ def import_files(args: argparse.Namespace) -> int:
     from fhir_server.auth.devkeys import mint_token
     from fhir_server.importer import run_import
 
-    base_url = args.base_url.rstrip("/")
+    base_url = _client_base_url(args)
     token_value = args.token or mint_token(
         _dev_key_dir(args),
         audience=args.audience or base_url,
@@ -132,7 +236,7 @@ def export_files(args: argparse.Namespace) -> int:
     from fhir_server.auth.devkeys import mint_token
     from fhir_server.exporter import ExportFailed, ExportRequest, run_export
 
-    base_url = args.base_url.rstrip("/")
+    base_url = _client_base_url(args)
     token_value = args.token or mint_token(
         _dev_key_dir(args),
         audience=args.audience or base_url,
@@ -161,13 +265,53 @@ def export_files(args: argparse.Namespace) -> int:
     return 0
 
 
+BASE_URL_HELP = "the server's FHIR base URL (default: FHIR_BASE_URL, else http://127.0.0.1:8080/fhir)"
+SERVE_DESCRIPTION = """\
+Start the FHIR server: the API under /fhir, liveness at /health.
+
+Configured by FHIR_* environment variables (docs/configuration.md). Without
+FHIR_MONGODB_URI it runs the embedded database, its files in FHIR_DATA_DIR
+(default ./.fhir-data), which one server owns at a time; while it runs,
+FHIR_DATA_DIR/embedded-db/mongodb.uri holds that database's URI, which
+`fhir-server audit verify` uses. SIGINT (Ctrl+C) or SIGTERM stops it cleanly."""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and every option's default after its help."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_parser = commands.add_parser("serve", help="start the FHIR server")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=8080)
+    serve_parser = commands.add_parser(
+        "serve",
+        help="start the FHIR server",
+        description=SERVE_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve_parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes (more than 1 needs FHIR_MONGODB_URI: the embedded database is single-process)",
+    )
+    serve_parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long open requests may finish before their connections are closed",
+    )
     serve_parser.set_defaults(run=serve)
 
     token_parser = commands.add_parser("token", help="mint a development access token")
@@ -185,7 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     token_parser.add_argument("--organization-id", help="ihe_iua.subject_organization_id")
     token_parser.add_argument("--npi", help="ihe_iua.national_provider_identifier (IDNPS)")
     token_parser.add_argument("--person-id", help="ihe_iua.person_id (the patient's INS)")
-    token_parser.add_argument("--audience", help="aud claim (default: FHIR_AUTH_AUDIENCE or the base URL)")
+    token_parser.add_argument(
+        "--audience",
+        help="aud claim (default: FHIR_AUTH_AUDIENCE, else FHIR_BASE_URL, else http://127.0.0.1:PORT/fhir)",
+    )
+    token_parser.add_argument(
+        "--port", type=int, default=8080, help="the served port, for the default audience (default 8080)"
+    )
     token_parser.add_argument("--lifetime", type=int, default=3600, help="seconds")
     token_parser.set_defaults(run=token)
 
@@ -209,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser.add_argument(
         "files", nargs="+", help=".ndjson files, or Bundles (batch, transaction, collection)"
     )
-    import_parser.add_argument("--base-url", default="http://127.0.0.1:8080/fhir")
+    import_parser.add_argument("--base-url", help=BASE_URL_HELP)
     import_parser.add_argument("--token", help="bearer token (default: minted with the development key)")
     import_parser.add_argument("--data-dir", help="the server's FHIR_DATA_DIR, for its development key")
     import_parser.add_argument("--audience", help="aud of the minted token (default: the base URL)")
@@ -217,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_parser.set_defaults(run=import_files)
 
     export_parser = commands.add_parser("export", help="run a bulk $export and download its NDJSON files")
-    export_parser.add_argument("--base-url", default="http://127.0.0.1:8080/fhir")
+    export_parser.add_argument("--base-url", help=BASE_URL_HELP)
     export_parser.add_argument("--level", choices=["system", "patient", "group"], default="system")
     export_parser.add_argument("--group", help="Group id (with --level group)")
     export_parser.add_argument("--type", action="append", help="resource type to export, repeatable")

@@ -78,7 +78,10 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError as error:
             raise unauthorized("The bearer token has expired") from error
         except jwt.InvalidAudienceError as error:
-            raise unauthorized("The bearer token is not addressed to this server") from error
+            # The expected audience is public (the base URL, or FHIR_AUTH_AUDIENCE that every token carries).
+            raise unauthorized(
+                f"The bearer token is not addressed to this server: its aud must be {self._audience!r}"
+            ) from error
         except jwt.InvalidIssuerError as error:
             raise unauthorized("The bearer token comes from an untrusted issuer") from error
         except jwt.MissingRequiredClaimError as error:

@@ -31,6 +31,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from fhir_server.consent.binary import decide_binary_create
 from fhir_server.consent.model import Decision
+from fhir_server.consent.refusals import refusal_reason
 from fhir_server.consent.writers import identity_change
 from fhir_server.fhir.errors import (
     FhirError,
@@ -104,9 +105,8 @@ async def _ensure_may_write(
     decision = await _decide(ctx, services, stored, interaction)
     ctx.audit.touch(stored.reference, patients=stored.compartment, decision=decision)
     if not decision.permit:
-        raise forbidden(
-            f"You may not {interaction} this {stored.resource_type} for this patient ({decision.rule})"
-        )
+        reason = refusal_reason(decision, stored.compartment)
+        raise forbidden(f"You may not {interaction} this {stored.resource_type}: {reason}")
 
 
 def _ensure_identity_kept(

@@ -20,11 +20,11 @@ from typing import Any
 from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.models import models
 
+from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.search.types import TYPES, ParameterType
 from fhir_server.search.types.reference import reference_type
 from fhir_server.storage.documents import VISIBILITY
 
-CAPABILITY_DIR = Path(__file__).resolve().parents[2] / "capability"
 DEFAULT_PATH = CAPABILITY_DIR / "search-parameters.json"
 
 ANY_TYPE = "Resource"

@@ -2,23 +2,86 @@
 
 SecantusDB is GPL-2.0: it is only ever started as a separate process and spoken to over the wire
 protocol, never imported.
+
+One process at a time owns a storage directory: `start()` takes an exclusive lock on
+`<storage>/owner.pid` (which names the owner's pid) and, once the database answers, writes its URI
+to `<storage>/mongodb.uri` so that other commands (`fhir-server audit verify`) use the running
+database instead of failing on its files; `stop()` removes both. The lock is an `flock`, released
+by the kernel when its owner dies, so a pid file left by a killed server is recognised as stale and
+taken over. The child runs in a session of its own (a terminal's Ctrl+C reaches only the server,
+which closes its connections before stopping the database) and, on Linux, is sent SIGTERM if its
+owner dies without stopping it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 STARTUP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 10.0
+OWNER_FILE = "owner.pid"
+URI_FILE = "mongodb.uri"
+_PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("fhir_server")
+
+
+class DataDirectoryInUse(RuntimeError):
+    """Another live process owns the storage directory; `uri` is its database once it answers."""
+
+    def __init__(self, storage_path: Path, pid: int | None, uri: str | None) -> None:
+        owner = f"pid {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"the data directory {storage_path} is in use by {owner} (fhir-server serve or audit verify); "
+            "stop it first, or set FHIR_DATA_DIR to another directory"
+        )
+        self.pid = pid
+        self.uri = uri
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _read_pid(path: Path) -> int | None:
+    text = _read_text(path)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` asking Linux to SIGTERM the child when the thread that started it dies.
+
+    Start the database from a thread that lives as long as its owner (the main thread or the event
+    loop's), since Linux ties the signal to the starting thread, not the process.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_parent_death_signal
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,6 +98,7 @@ class EmbeddedDatabase:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    _owner: IO[str] | None = field(default=None, repr=False)
 
     @property
     def uri(self) -> str:
@@ -42,8 +106,48 @@ class EmbeddedDatabase:
         return f"mongodb://{self.host}:{self.port}/?directConnection=true&retryWrites=false"
 
     def start(self) -> EmbeddedDatabase:
+        """Lock the storage directory, start the database and wait until it answers.
+
+        Raises DataDirectoryInUse when another live process owns the directory.
+        """
         self.storage_path.mkdir(parents=True, exist_ok=True)
-        log = (self.storage_path / "secantus.log").open("ab")
+        self._lock()
+        try:
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
+        (self.storage_path / URI_FILE).write_text(self.uri + "\n", encoding="utf-8")
+        return self
+
+    def _lock(self) -> None:
+        owner_path = self.storage_path / OWNER_FILE
+        owner = owner_path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            owner.close()
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise DataDirectoryInUse(
+                self.storage_path, _read_pid(owner_path), _read_text(self.storage_path / URI_FILE)
+            ) from None
+        stale = _read_pid(owner_path)
+        if stale is not None:
+            log.warning(
+                "%s was left by pid %d, which is no longer running (killed?): taking it over",
+                owner_path,
+                stale,
+            )
+        (self.storage_path / URI_FILE).unlink(missing_ok=True)
+        owner.seek(0)
+        owner.truncate()
+        owner.write(f"{os.getpid()}\n")
+        owner.flush()
+        self._owner = owner
+
+    def _launch(self) -> None:
+        log_file = (self.storage_path / "secantus.log").open("ab")
         command = [
             sys.executable, "-m", "secantus",
             "--host", self.host,
@@ -52,10 +156,15 @@ class EmbeddedDatabase:
             "--log-level", "WARNING",
             "--sync-on-commit",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        self.process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),  # only calls prctl, async-signal-safe
+        )
+        log_file.close()
         self._wait_until_ready()
-        return self
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
@@ -70,20 +179,28 @@ class EmbeddedDatabase:
                     client.admin.command("ping")
                 return
             time.sleep(0.1)
-        self.stop()
         raise RuntimeError(f"embedded database did not answer within {STARTUP_TIMEOUT_SECONDS:.0f}s")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        """Stop the database (SIGTERM, SIGKILL after STOP_TIMEOUT_SECONDS) and release the directory."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    log.warning(
+                        "the embedded database ignored SIGTERM for %.0f s: killing it", STOP_TIMEOUT_SECONDS
+                    )
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+        if self._owner is not None:
+            (self.storage_path / URI_FILE).unlink(missing_ok=True)
+            self._owner.seek(0)
+            self._owner.truncate()
+            self._owner.close()
+            self._owner = None
 
     def __enter__(self) -> EmbeddedDatabase:
         return self.start()

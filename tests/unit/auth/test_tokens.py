@@ -77,6 +77,13 @@ def test_bad_claims_are_refused(
     _expect_401(verifier, token, fragment)
 
 
+def test_wrong_audience_says_which_audience_the_server_expects(
+    tmp_path: Path, verifier: TokenVerifier
+) -> None:
+    token = mint_token(tmp_path, audience="http://127.0.0.1:8080/fhir", subject="dr", scopes=["user/*.rs"])
+    _expect_401(verifier, token, f"its aud must be '{AUDIENCE}'")
+
+
 def test_hmac_and_none_are_refused(verifier: TokenVerifier) -> None:
     _expect_401(
         verifier, jwt.encode(_claims(), "secret-secret-secret-secret-32by", algorithm="HS256"), "HS256"
