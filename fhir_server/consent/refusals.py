@@ -20,7 +20,7 @@ FIXED_RULES = {
     "patient-not-loaded": "its patient is not visible to you",
     "consent-writers": "only the patient, or a system client with an explicit Consent scope, writes Consents",
     "consent-readers": "only the patient, or a system client with an explicit Consent scope, reads Consents",
-    "identity-writers": "only system identity managers (system/Patient scopes) and the patient change a Patient",
+    "identity-writers": "only system identity managers (system/Patient) and the patient change a Patient",
     "identity-identifiers": "a patient may not change the identifiers of her record",
     "audit-readers": "only the patient and an explicit system AuditEvent scope read the audit trail",
 }
