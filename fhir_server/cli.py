@@ -1,4 +1,4 @@
-"""`fhir-server serve|token|audit|demo|import|export` — the command line of DESIGN §6."""
+"""`fhir-server serve|token|audit|demo|import|export` — the command line of docs/configuration.md."""
 
 from __future__ import annotations
 

@@ -3,12 +3,13 @@
 Claire Martin's record is opened by a platform; she grants her GP, authorises then blocks a cardiologist,
 grants her osteopath read-only access, masks a document, revokes the osteopath, an emergency physician
 breaks the glass, and Claire lists who accessed her record. Every step prints the FHIR request and its
-outcome, and is checked against what DESIGN §8–9 promise: any difference makes the exit status 1.
+outcome, and is checked against what docs/consent.md, docs/audit.md promise: any difference makes the exit
+status 1.
 
 The story assumes the default opt-in policy (`FHIR_CONSENT_DEFAULT=deny`). Without `--base-url` the
 demo starts its own server on the embedded database in a temporary directory (`local_server`), which
 the conformance launcher reuses. Tokens are minted with the development key of the server's
-FHIR_DATA_DIR (DESIGN §6–7).
+FHIR_DATA_DIR (docs/configuration.md, docs/tokens.md).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 
 A progress bar goes to stderr (plain text, no dependency); the summary counts what was created,
 updated or refused, with the reason of each refusal (the OperationOutcome's diagnostics).
-https://hl7.org/fhir/R4/http.html#transaction, DESIGN §6.
+https://hl7.org/fhir/R4/http.html#transaction, docs/configuration.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pinned configuration of DESIGN §6, read from FHIR_* environment variables, nothing else."""
+"""The pinned configuration of docs/configuration.md, read from FHIR_* environment variables, nothing else."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """IHE BALP AuditEvents for every RESTful interaction and outcome (pure: no I/O, no clock).
 
-https://profiles.ihe.net/ITI/BALP/content.html#3573-restful-activities (STANDARDS §3, DESIGN §9)
+https://profiles.ihe.net/ITI/BALP/content.html#3573-restful-activities (STANDARDS §3, docs/audit.md)
 
 The pipeline describes one finished interaction as `InteractionFacts`; `build_audit_events` turns it
 into R4 AuditEvent JSON, without `id` and `meta.versionId/lastUpdated` (the sink assigns those).

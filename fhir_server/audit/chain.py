@@ -14,7 +14,7 @@ Why one chain per patient (key = the id of the event's patient entity, `_system`
 rather than one per shard or one global chain:
 - appends serialise per chain (each link needs the previous hash); per patient, writers for
   different patients never wait on each other, and the hot spot is one patient, not the server;
-- DESIGN §4 shards on the patient compartment: a patient's chain lives on the shard that holds the
+- docs/architecture.md shards on the patient compartment: a patient's chain lives on the shard that holds the
   patient's data, so appending never crosses shards and a resharding moves whole chains;
 - a patient's trail ("who looked at my record") verifies on its own, in a short walk;
 - BALP already writes one AuditEvent per patient, so every event has at most one chain key.

@@ -1,6 +1,7 @@
 """Persisting AuditEvents: the one-method `AuditSink` seam and its MongoDB implementation.
 
-DESIGN §2 I2, §9: an AuditEvent is stored before the response leaves; for a write, inside the
+docs/architecture.md I2, docs/audit.md: an AuditEvent is stored before the response leaves; for a write,
+inside the
 data change's transaction, so both commit or neither does. Any failure raises `AuditUnavailable`,
 which the pipeline answers with 503.
 

@@ -68,7 +68,7 @@ def mint_token(
     iua: Mapping[str, Any] | None = None,
     lifetime_seconds: int = 3600,
 ) -> str:
-    """A signed development access token following the contract of DESIGN §7."""
+    """A signed development access token following the contract of docs/tokens.md."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "iss": issuer or "fhir-server-dev",

@@ -1,4 +1,4 @@
-"""The policy decision point (DESIGN §8): pure, no I/O; time comes in the AccessRequest.
+"""The policy decision point (docs/consent.md): pure, no I/O; time comes in the AccessRequest.
 
 - `decide(request, stored, consents, *, policy, groups={}, identity_lookup=False) -> Decision`
   for one stored version and the Consents (any status) of its patient(s);

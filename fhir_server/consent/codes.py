@@ -1,4 +1,4 @@
-"""Code systems, codes and code hierarchies the consent rules of DESIGN §8 are written in.
+"""Code systems, codes and code hierarchies the consent rules of docs/consent.md are written in.
 
 http://hl7.org/fhir/R4/consent.html, https://profiles.ihe.net/ITI/PCF/ch-P.html (STANDARDS §1, §2, §5.2, §6)
 """

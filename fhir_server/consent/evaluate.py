@@ -1,4 +1,4 @@
-"""decide(): the access decision for one stored resource version (DESIGN §8, IHE PCF App. P.4.4).
+"""decide(): the access decision for one stored resource version (docs/consent.md, IHE PCF App. P.4.4).
 
 Order of the rules, first that applies wins:
 1. interactions without a consent action (capabilities, batch, transaction, operation) are refused:

@@ -1,9 +1,9 @@
 """The consent decision as a MongoDB filter on stored documents, exactly equivalent to evaluate.decide().
 
 The filter is ANDed into the search query so that paging and `Bundle.total` see only permitted data
-(DESIGN I4, PCF "permit with filtering of results"). Planners choose an index from the top-level
+(docs/architecture.md I4, PCF "permit with filtering of results"). Planners choose an index from the top-level
 fields of a query, and the embedded database uses none when a top-level operator (`$and`, `$or`,
-`$nor`) is present (DESIGN §5), so the filter is built flat wherever the decision allows it:
+`$nor`) is present (docs/architecture.md), so the filter is built flat wherever the decision allows it:
 
 - patient tokens: `{vis: "patient:<id>"}`;
 - every other caller, when each loaded patient's consents decide without reading the data (actor,

@@ -39,7 +39,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class ConsentPolicy:
-    """The deployment's consent settings (DESIGN §6): FHIR_CONSENT_DEFAULT and FHIR_BREAK_GLASS_ROLES."""
+    """The deployment's consent settings (docs/configuration.md): FHIR_CONSENT_DEFAULT and
+    FHIR_BREAK_GLASS_ROLES."""
 
     default: Literal["deny", "permit"] = "deny"
     break_glass_roles: tuple[Coding, ...] = ()

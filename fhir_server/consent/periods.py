@@ -1,7 +1,7 @@
 """FHIR date, dateTime and instant text as the [low, high] instant range its precision implies.
 
 http://hl7.org/fhir/R4/datatypes.html#dateTime — `2024` is the whole year, a value without a time zone
-is read as UTC (the convention of the search index, DESIGN §4).
+is read as UTC (the convention of the search index, docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The criteria that depend only on the request (actor, action, purpose, period) are decided once here;
 the criteria that depend on the data (class, code, securityLabel, dataPeriod, data) are kept as values
 that `evaluate.py` checks on one stored resource and `filter.py` turns into a MongoDB filter.
-http://hl7.org/fhir/R4/consent.html#provision, DESIGN §7–8.
+http://hl7.org/fhir/R4/consent.html#provision, docs/tokens.md, docs/consent.md.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def consent_patient(consent: Mapping[str, Any]) -> str | None:
 
 
 def is_applicable(consent: Mapping[str, Any], patient_id: str) -> bool:
-    """status active, scope patient-privacy, about this patient, with a root provision (DESIGN §8).
+    """status active, scope patient-privacy, about this patient, with a root provision (docs/consent.md).
 
     The root `provision.period` is a request criterion of the root: outside it the consent says nothing.
     """

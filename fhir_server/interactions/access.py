@@ -3,7 +3,8 @@
 The decision is the consent evaluator's (consent/, no I/O). This module does the I/O around it:
 for the patients concerned it loads their Consents — on every request, with no cache, so a
 Consent created, changed or revoked is enforced on the very next request on every server instance
-(DESIGN I3). Consents are loaded whatever their status: applicability is the evaluator's decision.
+(docs/architecture.md I3). Consents are loaded whatever their status: applicability is the evaluator's
+decision.
 Groups named as actors are read from the Consent itself (contained); Group is not a stored type.
 Every guard is narrowed to what the token's scopes leave visible (auth/confinement.py): the
 `patient/` compartment and SMART v2 `?param=value` restrictions.

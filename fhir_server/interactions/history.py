@@ -1,7 +1,7 @@
 """FHIR history: instance, type and system level, `_since`, `_count`, keyset paging.
 
 https://hl7.org/fhir/R4/http.html#history — every version is decided on its own, deletions included,
-so a hidden or masked version never appears (DESIGN I4).
+so a hidden or masked version never appears (docs/architecture.md I4).
 
 Type and system history are a change feed (storage/changes.py): versions in commit order by their
 change marker, newest first (R4) or oldest first with `_sort=_lastUpdated` (the R5 history
@@ -12,7 +12,7 @@ page's `Bundle.meta.lastUpdated` is its horizon's resume instant: a client that 
 later resumes with `_since=<that instant>` gets exactly the versions it has not seen. Instance
 history and the history of AuditEvent (written by the audit sink, without change markers) order by
 `lastUpdated`, newest first; AuditEvent is not part of the system feed. A version is shown only when
-its resource's current version is visible too: a document hidden today hides its past (DESIGN §8).
+its resource's current version is visible too: a document hidden today hides its past (docs/consent.md).
 """
 
 from __future__ import annotations

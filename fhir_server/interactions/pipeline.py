@@ -1,8 +1,8 @@
-"""The one path every FHIR request takes (DESIGN §2): authenticate -> scope check -> interaction
+"""The one path every FHIR request takes (docs/architecture.md): authenticate -> scope check -> interaction
 (consent decisions and guarded storage inside) -> AuditEvent, awaited -> response.
 
 No route calls an interaction any other way, so none can skip authentication, scopes or audit
-(DESIGN I1, I2). An AuditEvent that cannot be persisted turns the response into a 503, and for
+(docs/architecture.md I1, I2). An AuditEvent that cannot be persisted turns the response into a 503, and for
 writes it is recorded inside the data transaction, so the change and its trace commit together.
 """
 
@@ -163,7 +163,8 @@ async def audited_write(
     ctx: InteractionContext,
     work: Callable[[AsyncClientSession], Awaitable[tuple[T, int]]],
 ) -> T:
-    """Run a write and its AuditEvent in one transaction: both commit, or neither does (DESIGN I2)."""
+    """Run a write and its AuditEvent in one transaction: both commit, or neither does
+    (docs/architecture.md I2)."""
 
     async def transaction(session: AsyncClientSession) -> T:
         result, status = await work(session)

@@ -60,7 +60,7 @@ async def vread(ctx: InteractionContext, services: Services, *, version: str) ->
 
 async def _ensure_current_visible(ctx: InteractionContext, services: Services, access: GuardProvider) -> None:
     """404 when the current version is hidden: a resource hidden now hides its earlier versions too
-    (DESIGN §8, masking); a deleted resource keeps its history readable."""
+    (docs/consent.md, masking); a deleted resource keeps its history readable."""
     resource_type, resource_id = _target(ctx)
     try:
         await services.repository.read(resource_type, resource_id, access=access, observe=observer(ctx))

@@ -138,7 +138,7 @@ def _document(stored: StoredResource) -> dict[str, Any]:
 
 
 def is_identity_lookup(request: SearchRequest) -> bool:
-    """`Patient?identifier=system|value` and nothing else: the DMP existence check (DESIGN §8), the
+    """`Patient?identifier=system|value` and nothing else: the DMP existence check (docs/consent.md), the
     one way a professional without a permitting consent may find a Patient."""
     if request.resource_type != PATIENT or request.includes or len(request.clauses) != 1:
         return False

@@ -4,7 +4,8 @@ https://hl7.org/fhir/R4/search.html
 
 The filter covers the search criteria only: the caller ANDs the access filter
 (`AccessGuard.query_filter`) and `{"del": False}` into it, and into every sub-query it runs for a
-chain or `_has` through the `ChainResolver`, so chained criteria never see hidden data (DESIGN I4).
+chain or `_has` through the `ChainResolver`, so chained criteria never see hidden data
+(docs/architecture.md I4).
 """
 
 from __future__ import annotations

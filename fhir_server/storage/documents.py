@@ -1,4 +1,4 @@
-"""Resource <-> stored MongoDB document (DESIGN §4).
+"""Resource <-> stored MongoDB document (docs/architecture.md).
 
 One collection per resource type holds the current version; `<Type>_history` holds every version.
 A stored document (current and history alike):
@@ -15,7 +15,7 @@ A stored document (current and history alike):
            reference -> ["Type/id", absolute URLs...], uri -> strings
     pat    patient compartment: ids of the patients this resource belongs to
     sec    security labels (meta.security, and DocumentReference.securityLabel): "system|code" and "code"
-    vis    access keys of the consent rules that read the resource alone (DESIGN §8), so that a consent
+    vis    access keys of the consent rules that read the resource alone (docs/consent.md), so that a consent
            filter can be one field-level `$in` (consent/filter.py): "-" no patient compartment;
            "*" and "*:<compartment as a JSON array>" a compartment, not masked to professionals
            (MASQUE_PS); "author:<reference>" and "author-id:<identifier value>" an author of a live

@@ -1,4 +1,4 @@
-"""The embedded MongoDB-wire-compatible database (SecantusDB), run as a child process (DESIGN §5).
+"""The embedded MongoDB-wire-compatible database (SecantusDB), run as a child process (docs/architecture.md).
 
 SecantusDB is GPL-2.0: it is only ever started as a separate process and spoken to over the wire
 protocol, never imported.
@@ -102,7 +102,7 @@ class EmbeddedDatabase:
 
     @property
     def uri(self) -> str:
-        # retryWrites=false: DESIGN §5, the embedded server's insert rate collapses with them on.
+        # retryWrites=false: docs/architecture.md, the embedded server's insert rate collapses with them on.
         return f"mongodb://{self.host}:{self.port}/?directConnection=true&retryWrites=false"
 
     def start(self) -> EmbeddedDatabase:

@@ -2,7 +2,7 @@
 
 A conjunction is merged into one flat document wherever the conditions name different fields:
 planners pick an index from the top-level fields of a filter, and the embedded database only uses
-an index when no top-level operator (`$and`, `$or`) is present (DESIGN §5). What cannot be merged
+an index when no top-level operator (`$and`, `$or`) is present (docs/architecture.md). What cannot be merged
 stays under `$and`.
 """
 

@@ -1,7 +1,7 @@
-"""The access seam of the repository (DESIGN I1): no clinical read without a guard.
+"""The access seam of the repository (docs/architecture.md I1): no clinical read without a guard.
 
 A guard is pure: `query_filter` is ANDed into every MongoDB query on a clinical collection, and
-`decide` re-checks every stored version before it leaves storage (DESIGN I4, defence in depth).
+`decide` re-checks every stored version before it leaves storage (docs/architecture.md I4, defence in depth).
 Guards are obtained from a `GuardProvider`, which loads what the policy needs (the Consents of the
 patients concerned) so that the decision itself stays free of I/O.
 """

@@ -1,9 +1,10 @@
 """The guarded async repository: versioned writes in transactions, reads only through a guard.
 
 Every read of a clinical collection takes an `AccessGuard` (or a `GuardProvider` when the patient is
-only known once the document is found): DESIGN I1. Each write stores the new current document and
+only known once the document is found): docs/architecture.md I1. Each write stores the new current document
+and
 its history entry in one MongoDB transaction, together with whatever else the caller writes in the
-same session (the AuditEvent of DESIGN I2).
+same session (the AuditEvent of docs/architecture.md I2).
 https://hl7.org/fhir/R4/http.html
 """
 
@@ -314,7 +315,7 @@ class Repository:
         """Which of these resources the guard permits in their current version (tombstones included).
 
         History and the change feed show a version only when its resource's current version is
-        visible too: a document masked or hidden today hides its earlier versions (DESIGN §8).
+        visible too: a document masked or hidden today hides its earlier versions (docs/consent.md).
         """
         if not resource_ids:
             return set()

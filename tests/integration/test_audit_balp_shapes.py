@@ -1,10 +1,10 @@
 """The exact IHE BALP shape of the AuditEvent stored for each RESTful interaction and outcome, over HTTP.
 
-Covers DESIGN §9 (types, subtypes, actions, outcomes, agents, entities, one event per patient, 405 on
+Covers docs/audit.md (types, subtypes, actions, outcomes, agents, entities, one event per patient, 405 on
 AuditEvent writes, themselves audited) and §2 I2; STANDARDS §3.1 (RESTful profile rows, agent roles,
 entity slices: patient, data, query = base64 of the raw request, XrequestId; sev-1), §3.2 (token
 enrichment: iss/sub, jti policy, client_id, subject_name, subject_role, purpose_of_use) and the
-Consent entity naming the consent that decided (DESIGN §8, last point).
+Consent entity naming the consent that decided (docs/consent.md, last point).
 
 Every request is sent with its own `X-Request-Id`; its events are found by that XrequestId entity.
 """

@@ -2,7 +2,8 @@
 professionals, break-the-glass review; and AuditEvent search (`patient`, `date`, `agent`, `entity`,
 `type`, `subtype`, `action`, `outcome`, `_security`, `_sort`, paging).
 
-Covers DESIGN §9 (patient listing, search parameters), §8 (fixed rules: the patient's own compartment;
+Covers docs/audit.md (patient listing, search parameters), docs/consent.md (fixed rules: the patient's own
+compartment;
 AuditEvents governed by consent for every actor; break-the-glass flagged), §7 (scopes), STANDARDS §3.1
 (`AuditEvent?patient=` finds the events where the patient is subject or actor).
 
@@ -480,7 +481,7 @@ async def test_default_permit_does_not_open_the_audit_trail_to_professionals(
 async def test_professional_never_sees_the_trail_whatever_the_consent(
     deny_server: Server, classes: tuple[str, ...], btg: bool
 ) -> None:
-    """DESIGN §9: the trail is read by the patient and by explicit `system/AuditEvent.rs` clients only;
+    """docs/audit.md: the trail is read by the patient and by explicit `system/AuditEvent.rs` clients only;
     a permitting consent or break-the-glass never opens it to a professional."""
     server = deny_server
     patient, _document = await new_record(server)

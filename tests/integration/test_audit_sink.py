@@ -1,6 +1,6 @@
 """MongoDB audit sink on the real embedded database.
 
-Covers DESIGN §2 I2 (persisted before the response; in the write's transaction; failure ->
+Covers docs/architecture.md I2 (persisted before the response; in the write's transaction; failure ->
 AuditUnavailable), §4 (stored-document layout), §9, and issue 5 (group commit, tamper-evident
 chain under concurrency).
 """

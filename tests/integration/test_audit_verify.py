@@ -1,7 +1,7 @@
 """`fhir-server audit verify` on the real embedded database: records tampered directly in MongoDB.
 
 Covers issue 5 "Tamper evidence" (the first modified, inserted or deleted record is reported) and
-DESIGN §9 (append-only audit trail; `pat` decides who sees an event).
+docs/audit.md (append-only audit trail; `pat` decides who sees an event).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Covers https://hl7.org/fhir/R4/http.html#history (type and system level, `_since
 deletes as DELETE entries, newest first), the R5 history `_sort=_lastUpdated` (oldest first), keyset
 paging on the change marker under concurrent writes (no version lost or duplicated, a transaction
 that commits late is not passed), the resume instant (`Bundle.meta.lastUpdated` as the next
-`_since`), consent applied to every version (DESIGN I4) and scopes per type.
+`_since`), consent applied to every version (docs/architecture.md I4) and scopes per type.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Consent leak matrix on the embedded database: every consent situation x every access path.
 
-Covers DESIGN §7 (token claims an actor is matched by), §8 (consent semantics, fixed rules, masking,
+Covers docs/tokens.md (token claims an actor is matched by), docs/consent.md (consent semantics, fixed
+rules, masking,
 break-the-glass, read-only professions), I1, I3 and I4, and issue 4 "Tests that must exist": for each
 situation a professional (or the patient) reads, vreads, reads history, searches (type and system
 level, `patient=`, chained `patient.identifier=`, `_has`, `_include`, `_revinclude`, `_total`,
@@ -8,7 +9,8 @@ level, `patient=`, chained `patient.identifier=`, `_has`, `_include`, `_revinclu
 update, patch, delete); what is hidden must be absent from every answer, and a 404 on a hidden
 resource must be byte-identical (but for the id) to the 404 on an unknown one.
 
-History semantics asserted (DESIGN §8 "hidden documents do not appear in ... history", I3 "evaluated
+History semantics asserted (docs/consent.md "hidden documents do not appear in ... history",
+docs/architecture.md I3 "evaluated
 on the current state"): a version is shown only when that version *and* the current version are
 permitted, so a document masked today hides its earlier versions too, and once unmasked its
 masked version stays hidden from professionals (the patient sees every version).
@@ -317,7 +319,7 @@ async def json_patch(
 
 
 async def mask(server: Server, built: Built, key: str, labels: list[Any]) -> None:
-    """The patient sets a document's securityLabel with a JSON Patch (DMP masking, DESIGN §8)."""
+    """The patient sets a document's securityLabel with a JSON Patch (DMP masking, docs/consent.md)."""
     response = await json_patch(
         server,
         f"DocumentReference/{built.docs[key]}",
@@ -882,7 +884,8 @@ async def test_writes_never_reveal_nor_touch_hidden_documents(deny_server: Serve
         assert response.status_code == (200 if case.may_correct else 403), response.text
 
 
-# -- changes over time: masking, revocation, new and changed consents (DESIGN I3) ---------------------
+# -- changes over time: masking, revocation, new and changed consents (docs/architecture.md I3)
+# ---------------------
 
 
 async def failures_on_every_path(server: Server, built: Built, case: Case, since: str) -> list[str]:
@@ -983,7 +986,7 @@ async def test_professional_cannot_record_consent_for_a_patient_it_may_not_serve
 
 
 async def test_professional_finds_a_patient_only_by_exact_identifier(deny_server: Server) -> None:
-    """DESIGN §8: without consent, `Patient?identifier=system|value` (the DMP existence check) finds the
+    """docs/consent.md: without consent, `Patient?identifier=system|value` (the DMP existence check) finds the
     Patient, and nothing else of the compartment is revealed."""
     server = deny_server
     built = await build(server, "no-consent")

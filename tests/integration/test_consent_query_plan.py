@@ -1,6 +1,7 @@
 """Consent-filtered searches are served by an index on the embedded database, and stay exact there.
 
-Covers: DESIGN §5 (the embedded database uses an index only for a filter without top-level operators),
+Covers: docs/architecture.md (the embedded database uses an index only for a filter without top-level
+operators),
 I4 (the search filter is in the query, exactly what the post-check permits), §8 (consent by actor
 reference, national provider identifier, Group of a profession; default policy; patient tokens;
 `system/` clients; MASQUE_PS and its author). The query is the one the repository sends:

@@ -1,7 +1,8 @@
 """`fhir-server demo` and `fhir-server import` against real `fhir-server serve` processes on the embedded
 database (`fhir_server.demo.local_server`).
 
-Covers DESIGN §6 (CLI, development key), §8–9 (the story's consent and audit outcomes), issue 7 (demo
+Covers docs/configuration.md (CLI, development key), docs/consent.md, docs/audit.md (the story's consent
+and audit outcomes), issue 7 (demo
 exit status, import of NDJSON and Bundles with a summary of created, updated and refused resources).
 """
 

@@ -2,7 +2,8 @@
 French identifiers carry valid keys, Binary attachments carry their true size and SHA-1, and the
 ITI-65 Provide Document Bundle is accepted by a running server.
 
-Covers DESIGN §8 (a consent example per scenario), STANDARDS §5.1 (ITI-65), §6 (INS, IDNPS), profiles/README.
+Covers docs/consent.md (a consent example per scenario), STANDARDS §5.1 (ITI-65), §6 (INS, IDNPS),
+profiles/README.
 """
 
 from __future__ import annotations

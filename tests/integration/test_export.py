@@ -4,7 +4,7 @@ Covers FHIR Bulk Data Access v2 (https://hl7.org/fhir/uv/bulkdata/export.html): 
 Patient and Group level, `_type`, `_since`, `_typeFilter`, `_outputFormat`, `patient`, the async
 pattern (202 + Content-Location, Retry-After / X-Progress, manifest, DELETE), file download by the
 kick-off's client only, splitting past the size limit, consent filtering with the exporting client
-as the actor (DESIGN §8), BALP audit (summary + one event per patient), restart recovery (job state
+as the actor (docs/consent.md), BALP audit (summary + one event per patient), restart recovery (job state
 and lease in MongoDB) and expiry.
 """
 

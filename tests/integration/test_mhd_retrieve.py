@@ -1,6 +1,6 @@
 """IHE MHD ITI-68 Retrieve Document (STANDARDS §5.1) and Binary content (R4 binary.html): raw bytes
 unless FHIR JSON is asked for, ITI-68 audit, access decided by the DocumentReferences pointing to the
-Binary (DESIGN §8: consent and masking reach the content), raw uploads streamed to storage."""
+Binary (docs/consent.md: consent and masking reach the content), raw uploads streamed to storage."""
 
 from __future__ import annotations
 

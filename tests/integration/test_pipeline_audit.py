@@ -1,4 +1,4 @@
-"""The one pipeline (DESIGN §2, I2): every request that reaches the FHIR API leaves an AuditEvent,
+"""The one pipeline (docs/architecture.md, I2): every request that reaches the FHIR API leaves an AuditEvent,
 refusals included, and an AuditEvent that cannot be persisted means 503 with nothing written.
 
 Audit codes: IHE BALP (STANDARDS §3); outcome per http://hl7.org/fhir/audit-event-outcome.

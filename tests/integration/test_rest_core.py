@@ -1,7 +1,7 @@
 """REST core on the embedded database: every interaction of issue 2 and each error path.
 
 Covers https://hl7.org/fhir/R4/http.html (create, read, vread, update, patch, delete, history,
-conditional create/update/patch, If-Match, Prefer) and DESIGN §10 status codes.
+conditional create/update/patch, If-Match, Prefer) and docs/architecture.md status codes.
 """
 
 from __future__ import annotations

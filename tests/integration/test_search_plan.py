@@ -1,7 +1,7 @@
 """Common searches are served by an index: the query plan shows IXSCAN, not COLLSCAN.
 
 Covers: issue 3 (indexes created at start-up from the declared parameters; query-plan tests for
-patient+status, patient+type+date and identifier on DocumentReference), DESIGN §4–5 (compound
+patient+status, patient+type+date and identifier on DocumentReference), docs/architecture.md (compound
 indexes that make the matching set small). The plan is taken for the compiled search criteria
 with the live-document condition, merged flat as `search.compile.conjunction` builds them.
 """

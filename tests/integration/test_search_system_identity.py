@@ -1,5 +1,6 @@
 """System-level search (https://hl7.org/fhir/R4/http.html#search, `GET [base]?_type=`), and the
-identity lookup of DESIGN §8: a professional without consent finds a Patient only by exact identifier."""
+identity lookup of docs/consent.md: a professional without consent finds a Patient only by exact
+identifier."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Covers STANDARDS §3.1 (RESTful profiles: type, subtype, action, agents and their roles, entity
 slices, PatientQuery split, sev-1), §3.2 (OAuth token enrichment), §3.3 (Consent entities), §5.1
-(MHD audit subtypes), DESIGN §9 (outcomes of refused and failed interactions, BTG review).
+(MHD audit subtypes), docs/audit.md (outcomes of refused and failed interactions, BTG review).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Audit hash chain: linking and verification.
 
 Covers issue 5 "Tamper evidence" (per-patient chain, first modified / inserted / deleted record
-reported) and DESIGN §9 (append-only audit trail).
+reported) and docs/audit.md (append-only audit trail).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Token claims -> Principal (DESIGN §7; IHE IUA extensions.ihe_iua; SMART fhirUser/patient)."""
+"""Token claims -> Principal (docs/tokens.md; IHE IUA extensions.ihe_iua; SMART fhirUser/patient)."""
 
 from __future__ import annotations
 

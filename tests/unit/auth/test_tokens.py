@@ -1,4 +1,4 @@
-"""Bearer JWT verification (DESIGN §7: RS256/ES256 only, required claims, aud/iss/exp; RFC 8725)."""
+"""Bearer JWT verification (docs/tokens.md: RS256/ES256 only, required claims, aud/iss/exp; RFC 8725)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """decide(): every provision criterion and every fixed rule, as tables.
 
-Covers DESIGN §7 (how token claims match actors) and §8 (applicability, criteria, nesting, several
+Covers docs/tokens.md (how token claims match actors) and docs/consent.md (applicability, criteria,
+nesting, several
 consents, default policy, patient self, author, masking, read-only professions, break-the-glass,
 identity, no patient context); STANDARDS §1.2–1.3 (provision elements), §2 (PCF evaluation,
 break-glass), §5.2 (MASQUE_PS / INVISIBLE_PATIENT), §6 (TRE_G15, TRE_R95).

@@ -1,10 +1,12 @@
-"""The consent query filter selects exactly the stored documents decide() permits (DESIGN I4, §8).
+"""The consent query filter selects exactly the stored documents decide() permits (docs/architecture.md I4,
+docs/consent.md).
 
 Property: for random consents, principals and stored documents (current, history and deleted
 versions), the MongoDB filter of ConsentGuard.query_filter matches a document iff ConsentGuard.decide
 permits it. The filter is evaluated by a small in-memory matcher (mongo_matcher.py) restricted to the
 operator subset filter.py documents. Consents that do not read the data give a flat filter (no
-top-level operator: planners, and the embedded database of DESIGN §5, then use an index) for anchored
+top-level operator: planners, and the embedded database of docs/architecture.md, then use an index) for
+anchored
 searches and for callers who author nothing; past the bound on listed patients the filter stays exact.
 Also the matcher itself, on MongoDB's array rules.
 """

@@ -1,6 +1,7 @@
 """ConsentGuard: which patients are visible, and its filter and re-check on chosen documents.
 
-Covers DESIGN I4 (filter in the query, post-check), §8 (default policy for patients without consent,
+Covers docs/architecture.md I4 (filter in the query, post-check), docs/consent.md (default policy for
+patients without consent,
 dataPeriod on the document date else context.period, history versions) and the AccessGuard seam of
 storage/guard.py.
 """

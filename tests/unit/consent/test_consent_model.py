@@ -1,4 +1,5 @@
-"""ConsentPolicy from the pinned settings (DESIGN §6) and the package's public names (STYLE §7)."""
+"""ConsentPolicy from the pinned settings (docs/configuration.md) and the package's public names (STYLE
+§7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""FHIR date precision as instant ranges, for provision.period and dataPeriod (R4 datatypes, DESIGN §4)."""
+"""FHIR date precision as instant ranges, for provision.period and dataPeriod (R4 datatypes,
+docs/architecture.md)."""
 
 from __future__ import annotations
 

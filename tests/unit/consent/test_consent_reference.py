@@ -1,9 +1,9 @@
 """decide() against a deliberately simple, independent reference evaluator on random consents.
 
-The reference reads DESIGN §8 literally and by brute force: a provision is reached when it and all its
+The reference reads docs/consent.md literally and by brute force: a provision is reached when it and all its
 ancestors match; the reached provisions with no reached child decide, and any deny among them makes
 the consent deny. It reads the resource JSON and the raw stored document, never the consent package's
-helpers. Covers DESIGN §7–8 and STANDARDS §1.3 and §2 (PCF nesting, break-glass).
+helpers. Covers docs/tokens.md, docs/consent.md and STANDARDS §1.3 and §2 (PCF nesting, break-glass).
 """
 
 from __future__ import annotations

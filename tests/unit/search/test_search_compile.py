@@ -1,6 +1,6 @@
 """SearchRequest -> MongoDB filter and sort, with chains and _has resolved through a callback.
 
-Covers: R4 search.html §chaining, §has, §sort, §modifiers (:missing); DESIGN I4 (every sub-query
+Covers: R4 search.html §chaining, §has, §sort, §modifiers (:missing); docs/architecture.md I4 (every sub-query
 goes through the caller's resolver, which applies the access filter).
 """
 

@@ -1,7 +1,7 @@
 """SearchParameter registry and write-time index extraction.
 
 Covers: STANDARDS.md §7 (parameters of Patient, DocumentReference, Consent, AuditEvent; common
-parameters), §5.1 (MHD ITI-67 `creation`, ITI-66 List parameters), DESIGN.md §4 (normalised index
+parameters), §5.1 (MHD ITI-67 `creation`, ITI-66 List parameters), docs/architecture.md (normalised index
 values, tokens as composed keys, dates as [low, high] ranges, references by type), R4 search.html.
 """
 

@@ -1,7 +1,7 @@
 """Search parameter types: query values parsed and compiled to MongoDB filters, per type and modifier.
 
 Covers: R4 search.html §string, §token, §date (prefixes, precision, Period), §reference, §uri,
-§escaping (STANDARDS.md §7 matching rules), DESIGN.md §4 index layout.
+§escaping (STANDARDS.md §7 matching rules), docs/architecture.md index layout.
 """
 
 from __future__ import annotations

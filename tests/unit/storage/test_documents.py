@@ -1,4 +1,4 @@
-"""Stored-document layout (DESIGN §4): compartment, security labels, history ids, instants."""
+"""Stored-document layout (docs/architecture.md): compartment, security labels, history ids, instants."""
 
 from __future__ import annotations
 

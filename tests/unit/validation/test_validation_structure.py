@@ -1,7 +1,7 @@
 """R4 JSON structure against the fhir.resources R4B models, with FHIRPath expressions.
 
 Covers https://hl7.org/fhir/R4/json.html (JSON types, no null, no empty objects or arrays, `_x`
-primitive extensions, choice elements), element cardinality, DESIGN §10 (422 with `expression`).
+primitive extensions, choice elements), element cardinality, docs/architecture.md (422 with `expression`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Validation entry points: parsing, type checks, realistic French resources, Bundles, 422.
 
-Covers DESIGN §2 I5 and §10 (400 unparseable, 422 invalid with expression), STANDARDS §5.1 (ITI-65
+Covers docs/architecture.md I5 and docs/architecture.md (400 unparseable, 422 invalid with expression),
+STANDARDS §5.1 (ITI-65
 Provide Document Bundle), §6 (INS, IDNPS), R4 Bundle rules bdl-1..bdl-7.
 """
 
