@@ -208,6 +208,12 @@ CASES: list[
     ),
     (
         ex.consent,
+        _with([{"code": "BTG"}], "provision", "purpose"),
+        ("required", "Consent.provision.purpose[0].system"),
+        "fhs-consent-4",
+    ),
+    (
+        ex.consent,
         _without("provision", "actor", 0, "role"),
         ("required", "Consent.provision.actor[0].role"),
         None,
@@ -298,7 +304,12 @@ def test_every_constraint_holds_on_the_valid_examples(build: Callable[[], dict[s
 
 def test_consent_provisions_nest_deeper_than_pcf_allows() -> None:
     consent = ex.consent()
-    consent["provision"]["provision"][0]["provision"] = [{"type": "permit", "purpose": [{"code": "ETREAT"}]}]
+    consent["provision"]["provision"][0]["provision"] = [
+        {
+            "type": "permit",
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}],
+        }
+    ]
     assert validate_resource(consent) == []
 
 
