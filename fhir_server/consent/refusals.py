@@ -35,7 +35,7 @@ def refusal_reason(decision: Decision, patients: Sequence[str]) -> str:
             "the patient records a Consent to allow it, see docs/consent.md)"
         )
     if decision.rule in FIXED_RULES:
-        return FIXED_RULES[decision.rule]
+        return f"{FIXED_RULES[decision.rule]} (rule {decision.rule})"
     if decision.consents:
         return f"a Consent of {of} denies it"
     return f"the {decision.rule} rule refuses it"

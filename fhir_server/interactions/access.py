@@ -43,16 +43,20 @@ class AccessControl:
         *,
         interaction: Interaction | None = None,
         identity_lookup: bool = False,
+        person: bool = False,
     ) -> GuardProvider:
         """Guards for `ctx`'s caller doing `interaction` (default: the context's own interaction).
 
         `identity_lookup`: the request is an exact identifier search on Patient (the DMP existence
         check), the one way a professional without consent may find a Patient.
+        `person`: what the user may read whatever this token's scopes (consent and fixed rules only),
+        for the redaction of her audit trail: a narrow token must not turn her own events into
+        redacted ones. Never used to serve data.
         """
         return _ConsentGuards(
             self._repository,
             self.policy,
-            self._limits,
+            None if person else self._limits,
             ctx,
             interaction or ctx.interaction,
             identity_lookup=identity_lookup,
@@ -66,7 +70,7 @@ class _ConsentGuards:
         self,
         repository: Repository,
         policy: ConsentPolicy,
-        limits: ScopeLimits,
+        limits: ScopeLimits | None,
         ctx: InteractionContext,
         interaction: Interaction,
         *,
@@ -82,7 +86,6 @@ class _ConsentGuards:
 
     async def guard(self, resource_type: str, *, patients: Sequence[str] | None) -> AccessGuard:
         principal = self._ctx.require_principal()
-        confinement = await self._limits.confinement(principal, self._interaction, resource_type)
         request = AccessRequest(principal, self._interaction, resource_type, self._ctx.now)
         key = None if patients is None else tuple(sorted(set(patients)))
         if not needs_consents(request):
@@ -96,6 +99,9 @@ class _ConsentGuards:
             all_patients=patients is None,
             identity_lookup=self._identity_lookup,
         )
+        if self._limits is None:
+            return consent
+        confinement = await self._limits.confinement(principal, self._interaction, resource_type)
         return ConfinedGuard(consent, confinement)
 
     async def _consents(self, patients: tuple[str, ...] | None) -> dict[str, list[Mapping[str, Any]]]:

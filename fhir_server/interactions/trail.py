@@ -24,7 +24,7 @@ async def served(
     if not events or not principal.is_patient or principal.patient is None:
         return list(found)
     patient = principal.patient
-    provider = services.access.provider(ctx, interaction=Interaction.READ)
+    provider = services.access.provider(ctx, interaction=Interaction.READ, person=True)
 
     async def readable(resource_type: str, ids: Sequence[str]) -> set[str]:
         guard = await provider.guard(resource_type, patients=(patient,))

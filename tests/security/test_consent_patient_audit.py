@@ -65,7 +65,14 @@ def document_body(patient: str, author: str, *, invisible: bool = False) -> dict
         "subject": {"reference": f"Patient/{patient}"},
         "author": [{"reference": f"Practitioner/{author}"}],
         "date": "2026-10-01T09:30:00+02:00",
-        "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/none"}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "url": "https://documents.example.org/example.pdf",
+                }
+            }
+        ],
     }
     if invisible:
         document["securityLabel"] = [{"coding": [{"system": A07, "code": "INVISIBLE_PATIENT"}]}]

@@ -84,7 +84,14 @@ def _document(patient_id: str) -> dict[str, Any]:
         "subject": {"reference": f"Patient/{patient_id}"},
         "date": "2026-10-01T09:30:00+02:00",
         "author": [{"reference": "Practitioner/dr-author-other"}],
-        "content": [{"attachment": {"contentType": "application/pdf", "url": f"Binary/{uuid.uuid4()}"}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "url": f"https://documents.example.org/{uuid.uuid4()}.pdf",
+                }
+            }
+        ],
     }
 
 
