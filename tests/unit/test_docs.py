@@ -137,9 +137,10 @@ def test_configuration_names_every_command() -> None:
 def _test_functions(path: Path) -> set[str]:
     """The test functions a file defines at module level or in a class (sync or async)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     return {
         node.name
-        for node in ast.walk(tree)
+        for node in [*tree.body, *(item for cls in classes for item in cls.body)]
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
     }
 
