@@ -5,10 +5,13 @@
 - Every relative link of README.md and docs/*.md reaches an existing file, and its `#anchor` a heading
   of that file (GitHub's heading ids).
 - docs/configuration.md names every setting the server reads and every `fhir-server` command.
+- docs/security.md cites only tests that exist (`tests/...py::test_name`), and gives every row of the
+  table of interactions (interactions/dispatch.py) its line, so the threat model cannot drift.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from urllib.parse import unquote
 import pytest
 
 from fhir_server.cli import build_parser
+from fhir_server.interactions.dispatch import ROUTES
 from fhir_server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +34,8 @@ INTERNAL_CITATION = re.compile(r"\bDESIGN(?:\.md\b|\s*§|\s+I[1-5]\b)")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
+CITED_TEST = re.compile(r"\b(tests/[\w/]+\.py)::(test_\w+)")
+"""A test cited as `file::function` (a parametrized test is cited by its function)."""
 
 
 def _text_files() -> Iterator[Path]:
@@ -85,7 +91,7 @@ def test_the_docs_exist_and_readme_links_each() -> None:
         for line in _outside_fences(ROOT / "README.md")
         for target in LINK.findall(line)
     }
-    expected = {"architecture", "configuration", "tokens", "consent", "audit", "scaling"}
+    expected = {"architecture", "configuration", "tokens", "consent", "audit", "security", "scaling"}
     assert {path.stem for path in DOCS.glob("*.md")} >= expected
     missing = sorted(f"docs/{name}.md" for name in expected if f"docs/{name}.md" not in readme_links)
     assert not missing, f"README.md does not link {missing}"
@@ -126,3 +132,39 @@ def test_configuration_names_every_command() -> None:
     assert "serve" in commands
     missing = [name for name in commands if f"`fhir-server {name}" not in text]
     assert not missing, f"docs/configuration.md does not describe {missing}"
+
+
+def _test_functions(path: Path) -> set[str]:
+    """The test functions a file defines at module level or in a class (sync or async)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    return {
+        node.name
+        for node in [*tree.body, *(item for cls in classes for item in cls.body)]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
+    }
+
+
+def test_security_cites_only_tests_that_exist() -> None:
+    cited = CITED_TEST.findall((DOCS / "security.md").read_text(encoding="utf-8"))
+    assert len(cited) >= 50, "docs/security.md cites its tests as tests/...py::test_name"
+    defined: dict[str, set[str]] = {}
+    missing: list[str] = []
+    for file, name in cited:
+        path = ROOT / file
+        if file not in defined:
+            defined[file] = _test_functions(path) if path.is_file() else set()
+        if name not in defined[file]:
+            missing.append(f"{file}::{name}")
+    assert not missing, "docs/security.md cites tests that do not exist:\n" + "\n".join(sorted(set(missing)))
+
+
+def test_security_lists_every_row_of_the_table_of_interactions() -> None:
+    text = (DOCS / "security.md").read_text(encoding="utf-8")
+    missing = [
+        line
+        for route in ROUTES
+        for method in sorted(route.methods)
+        if (line := f"`{method} /fhir{''.join('/' + segment for segment in route.shape)}`") not in text
+    ]
+    assert not missing, f"docs/security.md has no line for {missing}"
