@@ -410,3 +410,13 @@ def test_hidden_and_unknown_ids_answer_alike(
     assert not _leaks(on_hidden, record)
     after = live.http.get(f"/fhir/{resource_type}/{hidden}", headers=_json(record.alice)).json()
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "path", ["/fhir/Binary", "/fhir/Binary?_id=x", "/fhir/Binary/_history", "/fhir/Binary/any-id/_history"]
+)
+def test_binary_is_neither_searchable_nor_historied_over_http(live: LiveServer, path: str) -> None:
+    """Binary content is reached only through its DocumentReference: no search, no history (405)."""
+    response = live.http.get(path, headers=live.system())
+    assert response.status_code == 405, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"

@@ -52,7 +52,14 @@ def _document(patient_id: str, loinc: str) -> dict[str, Any]:
         "type": {"coding": [{"system": LOINC, "code": loinc}]},
         "subject": {"reference": f"Patient/{patient_id}"},
         "date": "2026-10-01T09:30:00+02:00",
-        "content": [{"attachment": {"contentType": "application/pdf", "url": "https://documents.example.org/example.pdf"}}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "url": "https://documents.example.org/example.pdf",
+                }
+            }
+        ],
     }
 
 
