@@ -122,7 +122,15 @@ class GuardedResolver:
 def may(ctx: InteractionContext, interaction: Interaction, resource_type: str) -> bool:
     """A scope of the caller's token permits `interaction` on `resource_type` (auth/scopes.py)."""
     principal = ctx.require_principal()
-    return bool(permitted_scopes(principal.scopes, interaction, resource_type, patient=principal.patient))
+    return bool(
+        permitted_scopes(
+            principal.scopes,
+            interaction,
+            resource_type,
+            patient=principal.patient,
+            system=principal.is_system,
+        )
+    )
 
 
 def _index_values(stored: StoredResource, code: str) -> list[str]:
