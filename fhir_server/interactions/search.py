@@ -23,7 +23,7 @@ from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden, method_not_allowed, operation_outcome
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
-from fhir_server.interactions import trail
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
@@ -117,6 +117,16 @@ class GuardedResolver:
                 [stored.id] if field == ID_FIELD else _index_values(stored, field.removeprefix("idx."))
             )
         return values
+
+
+async def compile_criteria(
+    ctx: InteractionContext, services: Services, request: SearchRequest
+) -> dict[str, Any]:
+    """The database filter of a request's criteria, as this caller may ask them: criteria on what
+    the served view hides name only what the caller may read (interactions/views.py), and chained
+    and `_has` sub-queries run through the caller's guard."""
+    visible = await views.visible_criteria(ctx, services, request)
+    return await compile_filter(visible, resolve=GuardedResolver(ctx, services))
 
 
 def may(ctx: InteractionContext, interaction: Interaction, resource_type: str) -> bool:
@@ -261,8 +271,7 @@ async def _search(
     *,
     path: str,
 ) -> FhirResponse:
-    resolver = GuardedResolver(ctx, services)
-    criteria = await compile_filter(request, resolve=resolver)
+    criteria = await compile_criteria(ctx, services, request)
     sort = compile_sort(request, services.registry)
     cursor = decode_cursor(request.cursor, sort) if request.cursor else None
     extra, run_sort = page_query(sort, cursor)
@@ -310,8 +319,8 @@ async def _search(
     included = await _includes(ctx, services, request, page) if page and request.includes else []
     for stored in [*page, *included]:
         ctx.audit.touch(stored.reference, patients=stored.compartment)
-    page = await trail.served(ctx, services, page)
-    included = await trail.served(ctx, services, included)
+    page = await views.served(ctx, services, page)
+    included = await views.served(ctx, services, included)
 
     links = _links(request, sort, cursor, page, more=more, path=path)
     entries = [_entry(services, request, stored, mode="match") for stored in page]
