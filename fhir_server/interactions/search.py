@@ -29,6 +29,7 @@ from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.search.compile import ID_FIELD, compile_filter, compile_sort, conjunction
+from fhir_server.search.naming import naming
 from fhir_server.search.paging import (
     CURSOR_PARAMETER,
     NEXT,
@@ -117,6 +118,19 @@ class GuardedResolver:
                 [stored.id] if field == ID_FIELD else _index_values(stored, field.removeprefix("idx."))
             )
         return values
+
+
+async def named_patients(services: Services, request: SearchRequest) -> set[str]:
+    """The patients the query names (search/naming.py), identifiers resolved to the Patient that holds
+    them whatever the caller may see: only to put the AuditEvent in their trails, never served."""
+    named = naming(request)
+    patients = set(named.ids)
+    parameter = services.registry.parameter(PATIENT, "identifier")
+    if named.identifiers and parameter is not None:
+        query = {parameter.field: {"$in": sorted(named.identifiers)}}
+        for compartment in await services.repository.compartments_where(PATIENT, query):
+            patients.update(compartment)
+    return patients
 
 
 async def compile_criteria(
@@ -271,6 +285,8 @@ async def _search(
     *,
     path: str,
 ) -> FhirResponse:
+    # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
+    ctx.audit.patients.update(await named_patients(services, request))
     criteria = await compile_criteria(ctx, services, request)
     sort = compile_sort(request, services.registry)
     cursor = decode_cursor(request.cursor, sort) if request.cursor else None
@@ -281,9 +297,6 @@ async def _search(
         resource_type: await provider.guard(resource_type, patients=named[resource_type])
         for resource_type in types
     }
-    for patients in named.values():
-        # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
-        ctx.audit.patients.update(patients or ())
 
     total: int | None = None
     if request.total != "none" or request.summary == "count":
