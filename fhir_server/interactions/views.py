@@ -31,6 +31,7 @@ from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.services import Services
 from fhir_server.search.parse import ChainTarget, Clause, HasClause, SearchRequest
 from fhir_server.search.types.reference import ReferenceValue, reference_key
+from fhir_server.storage import documents as doc
 from fhir_server.storage.documents import StoredResource
 
 VIEWED_TYPES = frozenset(SUPPORTED_TYPES) - {BINARY}
@@ -64,16 +65,16 @@ async def served(
 
 
 def caller_readable(ctx: InteractionContext, services: Services) -> Readable:
-    """Of some ids of one type, those this caller (token scopes included) may read now."""
+    """Of some ids of one type, those this caller (token scopes included) may read now, decided with
+    the Consents of the live ones' patients (a resource of any other patient stays hidden)."""
     provider = services.access.provider(ctx, interaction=Interaction.READ)
 
     async def readable(resource_type: str, ids: Sequence[str]) -> set[str]:
         if resource_type not in VIEWED_TYPES or not ids:
             return set()
-        patients: set[str] = set()
-        for item in ids:
-            patients.update(await services.repository.compartment_of(resource_type, item) or ())
-        guard = await provider.guard(resource_type, patients=sorted(patients))
+        found = await services.repository.compartments_where(resource_type, {doc.ID: {"$in": list(ids)}})
+        patients = sorted({patient for compartment in found for patient in compartment})
+        guard = await provider.guard(resource_type, patients=patients)
         return await services.repository.visible_current(resource_type, ids, guard=guard)
 
     return readable
