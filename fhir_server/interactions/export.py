@@ -55,12 +55,12 @@ from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import record_audit
 from fhir_server.interactions.response import FhirResponse
-from fhir_server.interactions.search import GuardedResolver
+from fhir_server.interactions.search import compile_criteria
 from fhir_server.interactions.services import Services
-from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import parse_search
 from fhir_server.storage import documents as doc
 from fhir_server.storage.exports import ExportJob, FileWriter, JobStatus, JobStore, LeaseLost, OutputFile
@@ -601,7 +601,8 @@ class _Runner:
             if self._part is None:
                 number += 1
                 await self._open_part(resource_type, number)
-            await self._write(stored)
+            [shown] = await views.served(ctx, self._services, [stored])
+            await self._write(shown)
             if self._part is not None and self._part.size >= self._worker.part_bytes:
                 await self._close_part()
             guard.decided += 1
@@ -633,11 +634,10 @@ class _Runner:
             conditions.append({doc.CHANGE_TIME: {"$gte": job.since}})
         texts = job.type_filters.get(resource_type, ())
         if texts:
-            resolver = GuardedResolver(ctx, self._services)
             alternatives = []
             for text in texts:
                 request = _parse_filter(self._services, ctx, resource_type, text)
-                alternatives.append(await compile_filter(request, resolve=resolver))
+                alternatives.append(await compile_criteria(ctx, self._services, request))
             conditions.append(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives})
         if not conditions:
             return {}

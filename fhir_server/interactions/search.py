@@ -23,12 +23,13 @@ from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden, method_not_allowed, operation_outcome
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
-from fhir_server.interactions import trail
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.search.compile import ID_FIELD, compile_filter, compile_sort, conjunction
+from fhir_server.search.naming import naming
 from fhir_server.search.paging import (
     CURSOR_PARAMETER,
     NEXT,
@@ -119,10 +120,41 @@ class GuardedResolver:
         return values
 
 
+async def named_patients(services: Services, request: SearchRequest) -> set[str]:
+    """The patients the query names (search/naming.py), identifiers resolved to the Patient that holds
+    them whatever the caller may see: only to put the AuditEvent in their trails, never served."""
+    named = naming(request)
+    patients = set(named.ids)
+    parameter = services.registry.parameter(PATIENT, "identifier")
+    if named.identifiers and parameter is not None:
+        query = {parameter.field: {"$in": sorted(named.identifiers)}}
+        for compartment in await services.repository.compartments_where(PATIENT, query):
+            patients.update(compartment)
+    return patients
+
+
+async def compile_criteria(
+    ctx: InteractionContext, services: Services, request: SearchRequest
+) -> dict[str, Any]:
+    """The database filter of a request's criteria, as this caller may ask them: criteria on what
+    the served view hides name only what the caller may read (interactions/views.py), and chained
+    and `_has` sub-queries run through the caller's guard."""
+    visible = await views.visible_criteria(ctx, services, request)
+    return await compile_filter(visible, resolve=GuardedResolver(ctx, services))
+
+
 def may(ctx: InteractionContext, interaction: Interaction, resource_type: str) -> bool:
     """A scope of the caller's token permits `interaction` on `resource_type` (auth/scopes.py)."""
     principal = ctx.require_principal()
-    return bool(permitted_scopes(principal.scopes, interaction, resource_type, patient=principal.patient))
+    return bool(
+        permitted_scopes(
+            principal.scopes,
+            interaction,
+            resource_type,
+            patient=principal.patient,
+            system=principal.is_system,
+        )
+    )
 
 
 def _index_values(stored: StoredResource, code: str) -> list[str]:
@@ -253,8 +285,9 @@ async def _search(
     *,
     path: str,
 ) -> FhirResponse:
-    resolver = GuardedResolver(ctx, services)
-    criteria = await compile_filter(request, resolve=resolver)
+    # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
+    ctx.audit.patients.update(await named_patients(services, request))
+    criteria = await compile_criteria(ctx, services, request)
     sort = compile_sort(request, services.registry)
     cursor = decode_cursor(request.cursor, sort) if request.cursor else None
     extra, run_sort = page_query(sort, cursor)
@@ -264,9 +297,6 @@ async def _search(
         resource_type: await provider.guard(resource_type, patients=named[resource_type])
         for resource_type in types
     }
-    for patients in named.values():
-        # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
-        ctx.audit.patients.update(patients or ())
 
     total: int | None = None
     if request.total != "none" or request.summary == "count":
@@ -302,8 +332,8 @@ async def _search(
     included = await _includes(ctx, services, request, page) if page and request.includes else []
     for stored in [*page, *included]:
         ctx.audit.touch(stored.reference, patients=stored.compartment)
-    page = await trail.served(ctx, services, page)
-    included = await trail.served(ctx, services, included)
+    page = await views.served(ctx, services, page)
+    included = await views.served(ctx, services, included)
 
     links = _links(request, sort, cursor, page, more=more, path=path)
     entries = [_entry(services, request, stored, mode="match") for stored in page]

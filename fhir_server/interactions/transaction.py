@@ -45,6 +45,7 @@ from fhir_server.interactions.write import (
     plan_patch,
     plan_update,
     render_write,
+    serve_write,
 )
 from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource, instant
@@ -246,9 +247,12 @@ async def _transaction(
 
     await services.repository.in_transaction(work)
     ctx.audit.recorded = True
+    for entry in writes:
+        if entry.result is not None and entry.stored is not None:
+            entry.result = await serve_write(entry.ctx, services, entry.stored, entry.result.status)
     for entry in entries:
         if entry.planned is not None and entry.planned.existing is not None:
-            entry.result = render_write(entry.ctx, entry.planned.existing, 200)
+            entry.result = await serve_write(entry.ctx, services, entry.planned.existing, 200)
         elif entry.planned is not None and entry.planned.apply is None and entry.result is None:
             entry.result = FhirResponse(204)
     for entry in entries:

@@ -6,7 +6,9 @@ Pure: no I/O. Unknown or unsupported parameters become warning issues on the req
 the default) or a 400 (`Prefer: handling=strict`); malformed values are always a 400 whose
 OperationOutcome names the parameter (`expression`). A modifier this server does not support on a
 parameter it knows is always a 400, lenient or not: R4 says a server SHALL reject it, since
-ignoring it would answer a wider search than the one asked.
+ignoring it would answer a wider search than the one asked. For the same reason the unsupported
+parameters that narrow a search (`_filter`, `_text`, `_content`, `_list`, `_query`, and `_has`
+without a resource type) are always a 400: ignored, they would widen the result.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ TOTAL_MODES = frozenset({"none", "estimate", "accurate"})
 SUMMARY_MODES = frozenset({"true", "count", "data", "false"})
 IGNORED = frozenset({"_format", "_pretty"})
 """Handled by the HTTP layer, not by search."""
-UNSUPPORTED_RESULT = frozenset(
-    {"_contained", "_containedType", "_score", "_text", "_content", "_list", "_query", "_filter"}
-)
+UNSUPPORTED_RESULT = frozenset({"_contained", "_containedType", "_score"})
+"""Unsupported result controls: ignoring them never widens what is returned (a warning if lenient)."""
+UNSUPPORTED_CRITERIA = frozenset({"_text", "_content", "_list", "_query", "_filter"})
+"""Unsupported criteria: ignoring them would widen the result, so they are a 400 whatever the handling."""
 
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
 _ELEMENT = re.compile(r"[a-z][A-Za-z0-9]*(\[x\])?")
@@ -115,6 +118,13 @@ class SearchRequest:
 def unsupported_modifier(name: str, diagnostics: str) -> FhirError:
     return FhirError.of(
         400, "not-supported", f"Unsupported search modifier in {name}: {diagnostics}", expression=(name,)
+    )
+
+
+def _unsupported_parameter(name: str, diagnostics: str) -> FhirError:
+    """The 400 of an unsupported parameter: always for a criterion, when strict for the others."""
+    return FhirError.of(
+        400, "not-supported", f"Unsupported search parameter {name}: {diagnostics}", expression=(name,)
     )
 
 
@@ -310,6 +320,8 @@ def parse_search(
             if name == "_cursor":
                 options["cursor"] = raw
                 continue
+            if name.split(":")[0] in UNSUPPORTED_CRITERIA:
+                raise _unsupported_parameter(name, f"{name} is not supported")
             if name.split(":")[0] in UNSUPPORTED_RESULT:
                 raise _Unsupported(f"{name} is not supported")
             if name == "_count":
@@ -337,14 +349,12 @@ def parse_search(
                 continue
             else:
                 if resource_type is None and name.startswith("_has"):
-                    raise _Unsupported("_has needs a resource type")
+                    raise _unsupported_parameter(name, "_has needs a resource type")
                 clauses.append(parser.clause(scope, name, raw))
             applied.append((name, raw))
         except _Unsupported as error:
             if strict:
-                raise FhirError.of(
-                    400, "not-supported", f"Unsupported search parameter {name}: {error}", expression=(name,)
-                ) from None
+                raise _unsupported_parameter(name, str(error)) from None
             issues.append(Issue("warning", "not-supported", f"Parameter {name} ignored: {error}", (name,)))
     return SearchRequest(
         resource_type=resource_type,
