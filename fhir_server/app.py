@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from fhir_server import validation
 from fhir_server.api import errors, routes
 from fhir_server.api.limits import RequestLimits
+from fhir_server.audit.index import AuditIndexer
 from fhir_server.audit.sink import MongoAuditSink
 from fhir_server.auth import discovery
 from fhir_server.auth.tokens import TokenVerifier, load_jwks
@@ -68,7 +69,7 @@ def create_app(
             repository = Repository(client, database, extract=registry.extract)
             await repository.ensure_indexes(SUPPORTED_TYPES, registry.index_keys)
             await migrate_binary_owners(repository, base_url=base_url)
-            audit = MongoAuditSink(database, extract=registry.extract)
+            audit = MongoAuditSink(database, extract=AuditIndexer(registry))
             await audit.ensure_indexes()
             verifier = TokenVerifier(
                 load_jwks(settings),
