@@ -128,15 +128,17 @@ def load_data(uri: str, documents: int, patients: int) -> None:
 
 @contextmanager
 def process(arguments: list[str], health_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """A child process, started and healthy; its output goes to a log file named on failure."""
+    log = tempfile.NamedTemporaryFile("w+b", prefix="bench-", suffix=".log", delete=False)
     child = subprocess.Popen(
         [sys.executable, *arguments],
         env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while True:
             try:
                 with urllib.request.urlopen(health_url, timeout=1) as response:
@@ -144,12 +146,13 @@ def process(arguments: list[str], health_url: str, env: dict[str, str] | None = 
                         break
             except OSError:
                 if time.monotonic() > deadline or child.poll() is not None:
-                    raise RuntimeError(f"{arguments[0]} did not start") from None
+                    raise RuntimeError(f"{arguments[0]} did not start: see {log.name}") from None
                 time.sleep(0.2)
         yield
     finally:
         child.terminate()
         child.wait(timeout=30)
+        log.close()
 
 
 # -- load (runs in its own process) ---------------------------------------------------------------
