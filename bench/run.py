@@ -380,12 +380,6 @@ def report(rows: list[dict[str, Any]]) -> str:
 
 def main(options: argparse.Namespace) -> int:
     with embedded_database() as database, tempfile.TemporaryDirectory(prefix="fhir-bench-") as data_dir:
-        print(
-            f"loading {options.documents} DocumentReferences over {options.patients} patients,"
-            " one Consent each ...",
-            flush=True,
-        )
-        load_data(database.uri, options.documents, options.patients)
         server_port, minimal_port = free_port(), free_port()
         base_url = f"http://127.0.0.1:{server_port}/fhir"
         env = {
@@ -404,6 +398,14 @@ def main(options: argparse.Namespace) -> int:
             process(minimal_command, f"http://127.0.0.1:{minimal_port}/health"),
             process(server_command, f"http://127.0.0.1:{server_port}/health", env),
         ):
+            # Loaded once the server has created its indexes: building them over loaded collections can
+            # outlast the client's socket timeout on a busy machine.
+            print(
+                f"loading {options.documents} DocumentReferences over {options.patients} patients,"
+                " one Consent each ...",
+                flush=True,
+            )
+            load_data(database.uri, options.documents, options.patients)
             directory = Path(data_dir)
             iua = {
                 "subject_role": [{"system": G15, "code": "10"}],
