@@ -114,6 +114,7 @@ def opt_in_without_lab(index: int) -> dict[str, Any]:
 def load_data(uri: str, documents: int, patients: int) -> None:
     registry = SearchRegistry.load()
     rng = random.Random(11)
+    client: MongoClient[dict[str, Any]]
     with MongoClient(uri) as client:
         insert(client, registry, "Patient", [patient(index) for index in range(patients)])
         insert(client, registry, "Consent", [opt_in_without_lab(index) for index in range(patients)])
