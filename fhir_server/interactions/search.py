@@ -8,6 +8,9 @@ may read (`r`), and within them what its scopes confine it to; a type it may not
 included. A chain or `_has` that searches a type the token may not search is refused (403): matching
 nothing instead would silently answer another question.
 Paging is by keyset cursor (search/paging.py): `next`/`previous` links carry an opaque `_cursor`.
+`Bundle.total` costs a count query, run only for `_total=accurate` and `_summary=count`; otherwise
+the total is given when the page shows it exactly (a first page with no next one) and left out
+when it does not, as FHIR allows.
 """
 
 from __future__ import annotations
@@ -299,7 +302,7 @@ async def _search(
     }
 
     total: int | None = None
-    if request.total != "none" or request.summary == "count":
+    if request.total == "accurate" or request.summary == "count":
         total = 0
         for resource_type in types:
             total += await services.repository.count(resource_type, criteria, guard=guards[resource_type])
@@ -328,6 +331,8 @@ async def _search(
         page = found[:count]
         if cursor is not None and cursor.direction == PREVIOUS:
             page.reverse()
+        if total is None and request.total != "none" and cursor is None and not more:
+            total = len(page)
 
     included = await _includes(ctx, services, request, page) if page and request.includes else []
     for stored in [*page, *included]:

@@ -220,7 +220,7 @@ def test_count_is_clamped_to_the_maximum(value: str, count: int) -> None:
 
 def test_defaults() -> None:
     request = _parse("Patient", "")
-    assert (request.count, request.total, request.summary, request.cursor) == (20, "accurate", None, None)
+    assert (request.count, request.total, request.summary, request.cursor) == (20, None, None, None)
 
 
 def test_empty_values_are_ignored() -> None:
