@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from tests.faults.conftest import (
     gone_within,
     running_pid,
 )
+from tests.integration.conftest import patient_resource
 
 LOAD_SECONDS = 2.0
 TIME_TO_503 = 5.0
@@ -163,3 +165,66 @@ def test_a_database_left_frozen_by_a_killed_server_is_stopped_by_the_next_one(
     assert f"the embedded database (pid {leftover}) of a previous server" in log
     assert "is still running: stopping it" in log
     server_process.stop()
+
+
+def test_a_database_that_cannot_restart_is_retried_with_growing_delays(
+    server_process: ServerProcess, measured: Callable[[str], str]
+) -> None:
+    """The port is taken while the database is down: each attempt fails (logged), the next waits
+    longer, requests keep answering 503 at once, and the attempt after the port is free succeeds."""
+    server_process.start()
+    port = int(server_process.database_uri().split(":")[2].split("/")[0])
+    killed = server_process.database_pid()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    os.kill(killed, signal.SIGKILL)
+    try:
+        _bind_once_free(squatter, port)
+        squatter.listen()
+        blocked = time.monotonic()
+        while "restarting the embedded database in 2 s" not in server_process.log_text():
+            assert time.monotonic() - blocked < TIME_TO_RECOVER, "no second delayed attempt"
+            time.sleep(0.2)
+        status, seconds = _post_patient(server_process)
+    finally:
+        squatter.close()
+    freed = time.monotonic()
+    while _health(server_process)[0] != 200:
+        assert time.monotonic() - freed < TIME_TO_RECOVER, "the database did not come back"
+        time.sleep(0.2)
+    log = server_process.log_text()
+    attempts = log.count("restarting the embedded database on")
+    measured(
+        f"port taken {freed - blocked:.1f} s: {attempts} restart attempts, a request meanwhile answered "
+        f"{status} in {seconds:.2f} s, healthy {time.monotonic() - freed:.2f} s after the port was freed"
+    )
+    assert (status, seconds < 1.0) == (503, True)
+    assert attempts >= 3
+    assert "the restarted embedded database exited with code" in log
+    assert "restarting the embedded database in 1 s" in log
+    assert _post_patient(server_process)[0] == 201
+    server_process.stop()
+
+
+def _post_patient(server: ServerProcess) -> tuple[int, float]:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{server.base_url}/Patient",
+        json=patient_resource(),
+        headers={"Authorization": f"Bearer {server.system_token()}"},
+        timeout=30,
+    )
+    return response.status_code, time.monotonic() - started
+
+
+def _bind_once_free(squatter: socket.socket, port: int) -> None:
+    """Bind as soon as the killed database's listening socket is closed (before its restart binds)."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            squatter.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
