@@ -278,7 +278,8 @@ Configured by FHIR_* environment variables (docs/configuration.md). Without
 FHIR_MONGODB_URI it runs the embedded database, its files in FHIR_DATA_DIR
 (default ./.fhir-data), which one server owns at a time; while it runs,
 FHIR_DATA_DIR/embedded-db/mongodb.uri holds that database's URI, which
-`fhir-server audit verify` uses. SIGINT (Ctrl+C) or SIGTERM stops it cleanly."""
+`fhir-server audit verify` uses; if the database dies, the server starts it
+again, answering 503 meanwhile. SIGINT (Ctrl+C) or SIGTERM stops it cleanly."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
