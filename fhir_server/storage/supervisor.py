@@ -1,7 +1,8 @@
 """Watching the database while the server runs: is it answering, and is the embedded one alive?
 
-A `DatabaseMonitor` pings the database every POLL_SECONDS through a client of its own (one
-connection, so a busy request pool cannot delay it), each ping bounded by PING_TIMEOUT_SECONDS. A
+A `DatabaseMonitor` pings the database every POLL_SECONDS through a client of its own (a few
+connections, shared with `/health`: a busy request pool cannot delay it), each ping bounded by
+PING_TIMEOUT_SECONDS. A
 ping that fails or does not answer in time marks the database down; the next one that answers marks
 it up again. While it is down, the API answers 503 at once and requests already waiting on it are
 answered 503 too (api/availability.py), so a dead or frozen database costs a client seconds, not the
@@ -33,6 +34,7 @@ PING_TIMEOUT_SECONDS = 2.5
 RESTART_DELAYS_SECONDS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Before the first restart attempt, the second... the last one repeats."""
 STABLE_SECONDS = 60.0
+MONITOR_CONNECTIONS = 4
 
 log = logging.getLogger("fhir_server")
 
@@ -42,7 +44,7 @@ class DatabaseMonitor:
 
     def __init__(self, uri: str, *, embedded: EmbeddedDatabase | None = None) -> None:
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            uri, maxPoolSize=1, serverSelectionTimeoutMS=int(PING_TIMEOUT_SECONDS * 1000)
+            uri, maxPoolSize=MONITOR_CONNECTIONS, serverSelectionTimeoutMS=int(PING_TIMEOUT_SECONDS * 1000)
         )
         self._embedded = embedded
         self._down = asyncio.Event()

@@ -85,7 +85,8 @@ def test_a_killed_database_is_restarted_and_no_acknowledged_write_is_lost(
     assert "restarting the embedded database on" in log
     assert "database up again after" in log
     assert_all_present_and_audited(server_process, load.acknowledged)
-    server_process.stop()
+    server_process.kill_server()
+    assert gone_within(restarted, ORPHAN_EXIT) is not None, "the restarted database outlived its server"
 
 
 def test_a_frozen_database_answers_503_within_5_s_and_recovers_after_sigcont(
