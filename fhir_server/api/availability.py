@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.api.render import to_http
@@ -94,12 +94,10 @@ class DatabaseGate:
             return
         try:
             await request
-        except PyMongoError:
+        except ConnectionFailure:
             if started:
                 raise
-            log.exception(
-                "%s %s: database error outside the pipeline, answered 503", scope["method"], scope["path"]
-            )
+            log.exception("%s %s: database unreachable, answered 503", scope["method"], scope["path"])
             await refuse(scope, receive, send)
 
     def _abandon(self, request: asyncio.Future[None]) -> None:
