@@ -84,15 +84,21 @@ class DatabaseMonitor:
 
     async def _watch(self) -> None:
         while True:
-            code = None if self._embedded is None else self._embedded.exit_code()
-            if code is not None:
-                self._mark_down(f"the embedded database exited with code {code}")
-                await self._restart()
-            elif await self.ping():
-                self._mark_up()
-            else:
-                self._mark_down(f"the database did not answer a ping within {PING_TIMEOUT_SECONDS} s")
+            try:
+                await self._check()
+            except Exception:  # the watch must outlive any one failure, or supervision silently ends
+                log.exception("database monitor: check failed")
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _check(self) -> None:
+        code = None if self._embedded is None else self._embedded.exit_code()
+        if code is not None:
+            self._mark_down(f"the embedded database exited with code {code}")
+            await self._restart()
+        elif await self.ping():
+            self._mark_up()
+        else:
+            self._mark_down(f"the database did not answer a ping within {PING_TIMEOUT_SECONDS} s")
 
     def _mark_down(self, reason: str) -> None:
         if self._down.is_set():
