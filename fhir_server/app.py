@@ -1,6 +1,9 @@
 """The ASGI application: `create_app(settings)` wires routes and a lifespan that owns the database.
 
 The AsyncMongoClient belongs to one event loop, so it is created in the lifespan, never at import.
+The lifespan also runs the database monitor (storage/supervisor.py): it restarts the embedded
+database when it dies, and tells the API (api/availability.py) and `/health` when the database
+does not answer.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from fhir_server import validation
 from fhir_server.api import errors, routes
+from fhir_server.api.availability import DatabaseGate
 from fhir_server.api.limits import RequestLimits
 from fhir_server.audit.index import AuditIndexer
 from fhir_server.audit.sink import MongoAuditSink
@@ -30,6 +34,7 @@ from fhir_server.storage.binary_owners import migrate_binary_owners
 from fhir_server.storage.client import open_client
 from fhir_server.storage.embedded import EmbeddedDatabase
 from fhir_server.storage.repository import Repository
+from fhir_server.storage.supervisor import DatabaseMonitor
 
 log = logging.getLogger("fhir_server")
 CLOSE_TIMEOUT_SECONDS = 5.0
@@ -50,18 +55,27 @@ def create_app(
     host: str = "127.0.0.1",
     port: int = 8080,
     event_listeners: Sequence[CommandListener] = (),
+    embedded: EmbeddedDatabase | None = None,
 ) -> FastAPI:
+    """`embedded`: a started embedded database for the app to supervise (`fhir-server serve` starts it
+    before the app, to refuse a busy data directory at once); without it and without
+    FHIR_MONGODB_URI, the lifespan starts and stops one itself."""
     base_url = settings.resolved_base_url(host, port)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        embedded: EmbeddedDatabase | None = None
-        uri = settings.mongodb_uri
-        if uri is None:
-            embedded = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
-            uri = embedded.uri
+        supervised = embedded
+        owned: EmbeddedDatabase | None = None
+        if supervised is not None:
+            uri = supervised.uri
+        elif settings.mongodb_uri is not None:
+            uri = settings.mongodb_uri
+        else:
+            supervised = owned = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
+            uri = owned.uri
             log.info("embedded database listening on %s", uri)
         client = open_client(uri, event_listeners=event_listeners)
+        monitor = DatabaseMonitor(uri, embedded=supervised)
         try:
             database = client[settings.database]
             validation.warm_up()
@@ -85,14 +99,18 @@ def create_app(
                 audit=audit,
                 access=AccessControl(repository, settings, registry=registry, base_url=base_url),
             )
+            monitor.start()
+            app.state.database_monitor = monitor
             yield
         finally:
+            app.state.database_monitor = None
+            await monitor.stop()
             worker = getattr(app.state, "export_worker", None)
             if worker is not None:
                 await _bounded(worker.stop(), "stopping the export worker")
             await _bounded(client.close(), "closing the database client")
-            if embedded is not None:
-                embedded.stop()
+            if owned is not None:
+                owned.stop()
 
     app = FastAPI(
         title="fhir-server",
@@ -102,6 +120,7 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(DatabaseGate, monitor=lambda: getattr(app.state, "database_monitor", None))
     errors.install(app)
 
     async def smart_configuration(request: Request) -> Response:
@@ -114,8 +133,9 @@ def create_app(
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:
-        services: Services = request.app.state.services
-        reachable = await services.repository.ping()
+        """Answers within the monitor's ping timeout (2.5 s), at once when the database is known down."""
+        monitor: DatabaseMonitor = request.app.state.database_monitor
+        reachable = monitor.available and await monitor.ping()
         return JSONResponse(
             {"status": "pass" if reachable else "fail", "database": "up" if reachable else "down"},
             status_code=200 if reachable else 503,

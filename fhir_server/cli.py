@@ -19,6 +19,8 @@ from fhir_server.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from fhir_server.storage.embedded import EmbeddedDatabase
+
 PROFESSION_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
 PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
@@ -60,7 +62,10 @@ def worker_app() -> FastAPI:
     return create_app(Settings())
 
 
-def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
+def _run_uvicorn(
+    settings: Settings, args: argparse.Namespace, embedded: EmbeddedDatabase | None = None
+) -> None:
+    """Serve until stopped; `embedded`, the started embedded database, is the app's to supervise."""
     import uvicorn
 
     options: dict[str, Any] = {
@@ -77,7 +82,7 @@ def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> None:
         return
     from fhir_server.app import create_app
 
-    uvicorn.run(create_app(settings, host=args.host, port=args.port), **options)
+    uvicorn.run(create_app(settings, host=args.host, port=args.port, embedded=embedded), **options)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -112,7 +117,7 @@ def serve(args: argparse.Namespace) -> int:
                 return 1
             try:
                 logging.getLogger("fhir_server").info("embedded database listening on %s", database.uri)
-                _run_uvicorn(settings.model_copy(update={"mongodb_uri": database.uri}), args)
+                _run_uvicorn(settings, args, database)
             finally:
                 database.stop()
         except _Stopped:
@@ -273,7 +278,8 @@ Configured by FHIR_* environment variables (docs/configuration.md). Without
 FHIR_MONGODB_URI it runs the embedded database, its files in FHIR_DATA_DIR
 (default ./.fhir-data), which one server owns at a time; while it runs,
 FHIR_DATA_DIR/embedded-db/mongodb.uri holds that database's URI, which
-`fhir-server audit verify` uses. SIGINT (Ctrl+C) or SIGTERM stops it cleanly."""
+`fhir-server audit verify` uses; if the database dies, the server starts it
+again, answering 503 meanwhile. SIGINT (Ctrl+C) or SIGTERM stops it cleanly."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

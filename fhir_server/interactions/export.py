@@ -453,7 +453,10 @@ class ExportWorker:
             except PyMongoError:
                 log.exception("export worker: database unavailable, retrying")
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+                # asyncio.timeout, not wait_for: on Python 3.11 a cancellation that races wait_for's
+                # timeout comes out as TimeoutError, and the worker would never stop.
+                async with asyncio.timeout(self._poll_seconds):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import ConnectionFailure
 
 from fhir_server.audit.balp import InteractionFacts, build_audit_events
 from fhir_server.audit.sink import AuditUnavailable
@@ -67,6 +68,10 @@ async def serve(services: Services, ctx: InteractionContext, handler: Handler) -
     except FhirError as error:
         response = error_response(error)
         outcome_desc = error.message
+    except ConnectionFailure:
+        log.exception("database unreachable in %s", ctx.interaction)
+        response = error_response(unavailable("The database is unavailable; retry shortly"))
+        outcome_desc = "The database is unavailable"
     except Exception:
         log.exception("unhandled error in %s", ctx.interaction)
         response = error_response(FhirError.of(500, "exception", "Internal server error"))
