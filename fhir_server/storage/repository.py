@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -23,11 +24,11 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from fhir_server.audit.sink import AuditUnavailable
+from fhir_server.audit.sink import AuditChainConflict
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, conflict, gone, not_found, unavailable
 from fhir_server.fhir.resources import PATIENT
-from fhir_server.storage import changes
+from fhir_server.storage import changes, conditions
 from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.changes import Horizon, Written
@@ -43,8 +44,15 @@ IDENTITY_INDEX = "ins_unique"
 IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 T = TypeVar("T")
 
-TRANSACTION_ATTEMPTS = 30
-"""Concurrent writes to one patient's record contend on its audit chain head: retry with jittered backoff."""
+TRANSACTION_RETRY_SECONDS = 20.0
+"""How long a transaction is rerun on transient conflicts. Concurrent writes to one patient's record
+contend on its audit chain head (audit/sink.py): each rerun waits a jittered, capped backoff."""
+BACKOFF_BASE = 0.002
+BACKOFF_CAP = 0.05
+COMMIT_ATTEMPTS = 3
+"""Commits retried when their outcome is unknown, before the outcome is looked up."""
+TRANSIENT = "TransientTransactionError"
+UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
 LIVE: Mapping[str, Any] = {doc.DELETED: False}
 
 
@@ -75,8 +83,17 @@ class Repository:
             yield session
 
     async def in_transaction(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
-        """Run `work` in one multi-document transaction, retried on transient conflicts."""
-        for attempt in range(TRANSACTION_ATTEMPTS):
+        """Run `work` in one multi-document transaction and commit it exactly once.
+
+        A transient error before the commit (a write conflict with a concurrent transaction, a lost
+        chain head) aborts the attempt and reruns `work`, with jittered backoff, until
+        TRANSACTION_RETRY_SECONDS have passed: a budget of time, not of attempts, so that many
+        writers contending on one document (a patient's audit chain head) all get through. A commit
+        whose outcome is unknown is never rerun: it is resolved (`_commit`).
+        """
+        deadline = time.monotonic() + TRANSACTION_RETRY_SECONDS
+        attempt = 0
+        while True:
             async with self._session() as session:
                 lease: changes.Lease | None = None
                 try:
@@ -87,25 +104,18 @@ class Repository:
                     await changes.stamp(
                         self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
                     )
-                    await session.commit_transaction()
+                    await self._commit(session, lease)
                     lease = None
                     return result
                 except PyMongoError as error:
                     if session.in_transaction:
                         await session.abort_transaction()
-                    if isinstance(error, AuditUnavailable) and attempt + 1 == TRANSACTION_ATTEMPTS:
-                        raise
-                    transient = error.has_error_label("TransientTransactionError") or error.has_error_label(
-                        "UnknownTransactionCommitResult"
-                    )
-                    if transient and attempt + 1 < TRANSACTION_ATTEMPTS:
-                        await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+                    transient = error.has_error_label(TRANSIENT)
+                    if transient and time.monotonic() < deadline:
+                        await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+                        attempt += 1
                         continue
-                    if isinstance(error, DuplicateKeyError):
-                        raise conflict("A concurrent write created the same resource; retry") from error
-                    if transient or _is_write_conflict(error):
-                        raise conflict("A concurrent write changed this resource; retry") from error
-                    raise unavailable("The database is unavailable") from error
+                    raise _refusal(error, transient=transient) from error
                 except BaseException:
                     if session.in_transaction:
                         await session.abort_transaction()
@@ -113,8 +123,42 @@ class Repository:
                 finally:
                     self._written.pop(id(session), None)
                     if lease is not None:
-                        await changes.release(self._database, lease)
+                        await self._release(lease)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _commit(self, session: AsyncClientSession, lease: changes.Lease) -> None:
+        """Commit; when the outcome is unknown (the answer was lost), retry the commit itself, which
+        commits at most once, and if that cannot be answered either, look the outcome up: the
+        transaction deleted its lease (storage/changes.py), so the lease is gone exactly when it
+        committed. Ending the lease from outside also settles it: a transaction whose lease was
+        deleted can no longer commit. Returns when committed; raises a transient error (rerun the
+        work) when it did not commit; 503 when the outcome cannot be known."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as error:
+                if not error.has_error_label(UNKNOWN_COMMIT):
+                    raise
+                log.warning("commit outcome unknown (attempt %d): %s", attempt + 1, error)
+                await asyncio.sleep(0.01 * 2**attempt)
+        try:
+            ended = await changes.settle(self._database, lease, now=doc.now_utc())
+        except PyMongoError as error:
+            raise unavailable("The database did not say whether the write was committed") from error
+        if ended is None:
+            raise unavailable("The database did not say in time whether the write was committed")
+        if ended:
+            raise PyMongoError("the transaction did not commit: rerun it", error_labels=[TRANSIENT])
+        log.warning("commit outcome unknown, resolved: the transaction committed")
+
+    async def _release(self, lease: changes.Lease) -> None:
+        """The transaction did not commit: stop holding the change horizon back (best effort: a lease
+        left behind is reaped when it expires)."""
+        try:
+            await changes.release(self._database, lease)
+        except PyMongoError:
+            log.warning("could not release change-marker lease %s; it expires on its own", lease.id)
 
     # -- writes (inside a transaction) ----------------------------------------------------------
 
@@ -128,6 +172,19 @@ class Repository:
         """
         found = await self._database[resource_type].find_one({doc.ID: resource_id}, session=session)
         return None if found is None else StoredResource.from_document(resource_type, found)
+
+    async def claim_condition(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        now: datetime,
+        session: AsyncClientSession,
+    ) -> None:
+        """Claim a conditional write's condition in its transaction (storage/conditions.py): search
+        for its matches only after this, and a concurrent claimant aborts or sees this write."""
+        key = conditions.condition_key(resource_type, params)
+        await conditions.claim(self._database, key, now=now, session=session)
 
     async def save(
         self,
@@ -420,6 +477,18 @@ class Repository:
         except PyMongoError:
             return False
         return True
+
+
+def _refusal(error: PyMongoError, *, transient: bool) -> FhirError:
+    """The answer to a transaction that could not be committed. Every one is a FhirError, so that
+    the request is audited like any refused request (interactions/pipeline.py)."""
+    if isinstance(error, AuditChainConflict):
+        return unavailable("The audit trail of this record is busy; retry")
+    if isinstance(error, DuplicateKeyError):
+        return conflict("A concurrent write created the same resource; retry")
+    if transient or _is_write_conflict(error):
+        return conflict("A concurrent write changed this resource; retry")
+    return unavailable("The database is unavailable")
 
 
 def _is_write_conflict(error: PyMongoError) -> bool:
