@@ -11,6 +11,7 @@ https://hl7.org/fhir/R4/http.html
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -69,6 +70,8 @@ class Repository:
         """Private: only the repository reaches clinical collections (docs/architecture.md)."""
         self._extract = extract
         self._written: dict[int, list[Written]] = {}
+        self._lane = asyncio.Lock()
+        """Reruns of contended transactions, one at a time (`in_transaction`)."""
         """Per open transaction (session id): the versions `save` wrote, stamped before commit."""
         self.binaries = BinaryStore(database)
         """Binary content too large to keep inline (GridFS), see storage/binaries.py."""
@@ -86,53 +89,69 @@ class Repository:
         """Run `work` in one multi-document transaction and commit it exactly once.
 
         A transient error before the commit (a write conflict with a concurrent transaction, a lost
-        chain head) aborts the attempt and reruns `work`, with jittered backoff, until
-        TRANSACTION_RETRY_SECONDS have passed: a budget of time, not of attempts, so that many
-        writers contending on one document (a patient's audit chain head) all get through. A commit
-        whose outcome is unknown is never rerun: it is resolved (`_commit`).
+        audit chain head) aborts the attempt and reruns `work`. Reruns go through one FIFO lane per
+        process: many writers contending on one document (a patient's audit chain head,
+        audit/sink.py) would otherwise keep aborting each other, while in the lane each rerun only
+        meets first attempts and gets through, in arrival order. The budget is time, not attempts
+        (TRANSACTION_RETRY_SECONDS, waiting in the lane included). A commit whose outcome is unknown
+        is never rerun: it is resolved (`_commit`). Every failure is a FhirError, audited as such.
         """
         deadline = time.monotonic() + TRANSACTION_RETRY_SECONDS
-        attempt = 0
-        while True:
-            async with self._session() as session:
-                lease: changes.Lease | None = None
+        try:
+            return await self._attempt(work)
+        except PyMongoError as error:
+            if not error.has_error_label(TRANSIENT):
+                raise _refusal(error, transient=False) from error
+            log.debug("transaction rerun in the lane: %r", error)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._lane.acquire()
+        except TimeoutError as error:
+            raise unavailable("Too many concurrent writes to the same records; retry") from error
+        try:
+            for attempt in itertools.count():
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
                 try:
-                    lease = await changes.open_lease(self._database, now=doc.now_utc())
-                    await session.start_transaction()
-                    self._written[id(session)] = []
-                    result = await work(session)
-                    await changes.stamp(
-                        self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
-                    )
-                    await self._commit(session, lease)
-                    lease = None
-                    return result
+                    return await self._attempt(work)
                 except PyMongoError as error:
-                    if session.in_transaction:
-                        await session.abort_transaction()
                     transient = error.has_error_label(TRANSIENT)
-                    if transient and time.monotonic() < deadline:
-                        await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
-                        attempt += 1
-                        continue
-                    raise _refusal(error, transient=transient) from error
-                except BaseException:
-                    if session.in_transaction:
-                        await session.abort_transaction()
-                    raise
-                finally:
-                    self._written.pop(id(session), None)
-                    if lease is not None:
-                        await self._release(lease)
+                    if not transient or time.monotonic() >= deadline:
+                        raise _refusal(error, transient=transient) from error
+                    log.debug("transaction rerun (attempt %d): %r", attempt + 2, error)
+        finally:
+            self._lane.release()
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _attempt(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """One run of `work` in a transaction, its versions stamped (storage/changes.py), committed."""
+        async with self._session() as session:
+            lease: changes.Lease | None = None
+            try:
+                lease = await changes.open_lease(self._database, now=doc.now_utc())
+                await session.start_transaction()
+                self._written[id(session)] = []
+                result = await work(session)
+                await changes.stamp(
+                    self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
+                )
+                await self._commit(session, lease)
+                lease = None
+                return result
+            finally:
+                if session.in_transaction:
+                    await session.abort_transaction()
+                self._written.pop(id(session), None)
+                if lease is not None:
+                    await self._release(lease)
 
     async def _commit(self, session: AsyncClientSession, lease: changes.Lease) -> None:
         """Commit; when the outcome is unknown (the answer was lost), retry the commit itself, which
         commits at most once, and if that cannot be answered either, look the outcome up: the
         transaction deleted its lease (storage/changes.py), so the lease is gone exactly when it
-        committed. Ending the lease from outside also settles it: a transaction whose lease was
-        deleted can no longer commit. Returns when committed; raises a transient error (rerun the
-        work) when it did not commit; 503 when the outcome cannot be known."""
+        committed. Its session is killed first (which aborts it if it is still open), and ending the
+        lease from outside settles it: a transaction whose lease was deleted can no longer commit.
+        Returns when committed; raises a transient error (rerun the work) when it did not commit;
+        503 when the outcome cannot be known."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 await session.commit_transaction()
@@ -143,6 +162,9 @@ class Repository:
                 log.warning("commit outcome unknown (attempt %d): %s", attempt + 1, error)
                 await asyncio.sleep(0.01 * 2**attempt)
         try:
+            # A commit that never arrived leaves the transaction open on the server, holding its
+            # writes (and the lease) until it expires: end it now, then look.
+            await self._client.admin.command("killSessions", [session.session_id])
             ended = await changes.settle(self._database, lease, now=doc.now_utc())
         except PyMongoError as error:
             raise unavailable("The database did not say whether the write was committed") from error
