@@ -54,6 +54,33 @@ async def test_concurrent_conditional_creates_make_one_resource(fresh_server: Se
     assert later.json()["id"] == responses[0].json()["id"]
 
 
+async def test_concurrent_conditional_creates_of_documents_make_one_resource(fresh_server: Server) -> None:
+    """No unique index backs a document's identifier: only the condition's claim prevents duplicates."""
+    patient = (
+        await fresh_server.http.post(
+            "/fhir/Patient", json=patient_resource(), headers=fresh_server.as_system()
+        )
+    ).json()
+    document = document_resource(patient["id"])
+    master = document["masterIdentifier"]
+    condition = f"identifier={master['system']}|{master['value']}"
+    headers = fresh_server.as_system(**{"If-None-Exist": condition})
+    responses = await _together(
+        [
+            fresh_server.http.post("/fhir/DocumentReference", json=document, headers=headers)
+            for _ in range(CLIENTS)
+        ]
+    )
+    statuses = Counter(response.status_code for response in responses)
+    assert statuses == {201: 1, 200: CLIENTS - 1}, [response.text for response in responses]
+    stored = await fresh_server.database.DocumentReference.count_documents(
+        {"res.masterIdentifier.value": master["value"]}
+    )
+    assert stored == 1
+    later = await fresh_server.http.post("/fhir/DocumentReference", json=document, headers=headers)
+    assert later.status_code == 200
+
+
 async def test_the_condition_is_normalised_across_order_and_encoding(fresh_server: Server) -> None:
     patient = patient_resource()
     value = patient["identifier"][0]["value"]
