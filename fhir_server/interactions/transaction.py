@@ -38,6 +38,7 @@ from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.interactions.write import (
     JSON_PATCH,
+    ConditionChanged,
     Planned,
     parse_patch,
     plan_create,
@@ -45,6 +46,7 @@ from fhir_server.interactions.write import (
     plan_patch,
     plan_update,
     render_write,
+    replanned,
     serve_write,
 )
 from fhir_server.storage.binaries import Staging
@@ -89,6 +91,12 @@ class Entry:
 
 
 async def process(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
+    """A batch or transaction Bundle; planned again from the body when a conditional entry's matches
+    changed before it committed (interactions/write.py, `replanned`): ids and references anew."""
+    return await replanned(ctx, lambda: _process(ctx, services, body=body))
+
+
+async def _process(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
     payload = parse_resource_json(body)
     if payload.get("resourceType") != "Bundle":
         raise bad_request(
@@ -486,5 +494,7 @@ def _guard_entry(entry: Entry, step: Callable[..., None], *args: Any) -> None:
 async def _guard_async(entry: Entry, awaitable: Any) -> Any:
     try:
         return await awaitable
+    except ConditionChanged:
+        raise
     except FhirError as error:
         raise _named(entry, error) from error

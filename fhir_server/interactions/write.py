@@ -8,6 +8,11 @@ Each write decides access twice: may the caller see the current version (else 40
 revealed), and may it make this change (else 403). The new version, its history entry and the
 AuditEvent are committed in one transaction (pipeline.audited_write).
 
+Conditional writes are atomic: a conditional create or update that writes claims its condition in
+its transaction and searches again (storage/conditions.py). If what matches changed since the
+request was planned (a concurrent request with the same condition committed first), the request is
+planned again from the start and finds the winner: a conditional create then answers 200 with it.
+
 Hidden is absent (docs/security.md): a resource the caller may not see answers every write, plain or
 conditional, exactly as an id that does not exist. Creating a resource under a client-chosen id
 (update as create) is for `system/` clients only; others get 404. Error bodies never carry stored
@@ -17,12 +22,13 @@ DocumentReference that owns it, whose ownership the server alone sets (interacti
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import jsonpatch
@@ -35,6 +41,7 @@ from fhir_server.consent.refusals import refusal_reason
 from fhir_server.consent.writers import identity_change
 from fhir_server.fhir.errors import (
     FhirError,
+    Issue,
     bad_request,
     forbidden,
     gone,
@@ -55,9 +62,60 @@ from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource
 from fhir_server.validation import check_bounds, parse_resource_json, validate_or_raise
 
+T = TypeVar("T")
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 JSON_PATCH = "application/json-patch+json"
 SERVER_OWNED_META = ("versionId", "lastUpdated")
+REPLANS = 4
+"""How many times a conditional write is planned again when its matches changed under it."""
+
+
+class ConditionChanged(FhirError):
+    """What a conditional write's criteria match changed between its search and its transaction:
+    plan the request again (`replanned`). Answered as a conflict when it keeps changing."""
+
+    @classmethod
+    def now(cls) -> ConditionChanged:
+        diagnostics = "Concurrent writes keep changing what the condition matches; retry"
+        return cls(409, [Issue("error", "conflict", diagnostics)])
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A conditional write's search criteria and the ids they matched when the write was planned."""
+
+    resource_type: str
+    params: tuple[tuple[str, str], ...]
+    matched: tuple[str, ...]
+
+
+async def _hold(
+    ctx: InteractionContext, services: Services, condition: Condition | None, session: AsyncClientSession
+) -> None:
+    """Claim the condition in the write's transaction, then search again: a concurrent write with the
+    same condition either committed before (found now) or conflicts on the claim (storage/conditions.py)."""
+    if condition is None:
+        return
+    await services.repository.claim_condition(
+        condition.resource_type, condition.params, now=ctx.now, session=session
+    )
+    found = await _matches(ctx, services, condition.resource_type, condition.params)
+    if tuple(stored.id for stored in found) != condition.matched:
+        raise ConditionChanged.now()
+
+
+async def replanned(ctx: InteractionContext, run: Callable[[], Awaitable[T]]) -> T:
+    """Run a request whose conditional writes are planned by `run`, again from the start (and with the
+    AuditEvent's facts as they were) while what a condition matches changes under it."""
+    trail, resource_id = copy.deepcopy(ctx.audit), ctx.resource_id
+    for attempt in range(REPLANS):
+        try:
+            return await run()
+        except ConditionChanged:
+            if attempt + 1 == REPLANS:
+                raise
+            ctx.audit, ctx.resource_id = copy.deepcopy(trail), resource_id
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def check_id(resource_type: str, resource_id: str) -> None:
@@ -200,25 +258,33 @@ Apply = Callable[[AsyncClientSession], Awaitable[tuple[StoredResource | None, in
 
 async def plan_create(ctx: InteractionContext, services: Services, resource: dict[str, Any]) -> Planned:
     resource_type = _writable(ctx)
-    condition = ctx.request.header("if-none-exist")
-    if condition:
-        matches = await _matches(ctx, services, resource_type, _query_pairs(condition))
+    header = ctx.request.header("if-none-exist")
+    condition: Condition | None = None
+    if header:
+        params = tuple(_query_pairs(header))
+        matches = await _matches(ctx, services, resource_type, params)
         if len(matches) > 1:
-            raise precondition_failed(f"If-None-Exist '{condition}' matches several resources")
+            raise precondition_failed(f"If-None-Exist '{header}' matches several resources")
         if matches:
             existing = matches[0]
             ctx.resource_id = existing.id
             ctx.audit.touch(existing.reference, patients=existing.compartment)
             return Planned(None, existing)
+        condition = Condition(resource_type, params, ())
     resource.setdefault("id", str(uuid.uuid4()))
     ctx.resource_id = resource["id"]
-    return _plan_new(ctx, services, resource_type, resource)
+    return _plan_new(ctx, services, resource_type, resource, condition)
 
 
 def _plan_new(
-    ctx: InteractionContext, services: Services, resource_type: str, resource: dict[str, Any]
+    ctx: InteractionContext,
+    services: Services,
+    resource_type: str,
+    resource: dict[str, Any],
+    condition: Condition | None = None,
 ) -> Planned:
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        await _hold(ctx, services, condition, session)
         body = _server_owned(ctx, resource_type, resource, None)
         await _ensure_may_write(
             ctx,
@@ -244,17 +310,20 @@ def _plan_new(
 
 async def plan_update(ctx: InteractionContext, services: Services, resource: dict[str, Any]) -> Planned:
     resource_type = _writable(ctx)
+    condition: Condition | None = None
     if ctx.resource_id is None:
-        matches = await _matches(ctx, services, resource_type, _search_pairs(ctx))
+        params = tuple(_search_pairs(ctx))
+        matches = await _matches(ctx, services, resource_type, params)
         if len(matches) > 1:
             raise precondition_failed("The conditional update criteria match several resources")
+        condition = Condition(resource_type, params, tuple(match.id for match in matches))
         if not matches:
             if "id" in resource:
                 _ensure_may_choose_id(ctx, resource_type, str(resource["id"]))
             resource.setdefault("id", str(uuid.uuid4()))
             check_id(resource_type, resource["id"])
             ctx.resource_id = resource["id"]
-            return _plan_new(ctx, services, resource_type, resource)
+            return _plan_new(ctx, services, resource_type, resource, condition)
         match = matches[0]
         if resource.get("id") not in (None, match.id):
             raise bad_request(
@@ -271,6 +340,7 @@ async def plan_update(ctx: InteractionContext, services: Services, resource: dic
         )
 
     async def apply(session: AsyncClientSession) -> tuple[StoredResource | None, int]:
+        await _hold(ctx, services, condition, session)
         previous = await services.repository.current_for_write(resource_type, resource["id"], session=session)
         if previous is None:
             _ensure_may_choose_id(ctx, resource_type, str(resource["id"]))
@@ -437,7 +507,11 @@ async def run_planned(ctx: InteractionContext, services: Services, planned: Plan
     if apply is None:
         return FhirResponse(204)
 
+    trail = copy.deepcopy(ctx.audit)
+
     async def work(session: AsyncClientSession) -> tuple[tuple[StoredResource | None, int], int]:
+        # A rerun transaction starts from the facts as they were: its AuditEvent names what it did.
+        ctx.audit = copy.deepcopy(trail)
         stored, status = await apply(session)
         return (stored, status), status
 
@@ -469,14 +543,20 @@ def read_resource(ctx: InteractionContext, body: bytes) -> dict[str, Any]:
 
 
 async def create(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
-    resource = read_resource(ctx, body)
-    resource.pop("id", None)
-    return await _run_with_content(ctx, services, resource, await plan_create(ctx, services, resource))
+    async def run() -> FhirResponse:
+        resource = read_resource(ctx, body)
+        resource.pop("id", None)
+        return await _run_with_content(ctx, services, resource, await plan_create(ctx, services, resource))
+
+    return await replanned(ctx, run)
 
 
 async def update(ctx: InteractionContext, services: Services, *, body: bytes) -> FhirResponse:
-    resource = read_resource(ctx, body)
-    return await _run_with_content(ctx, services, resource, await plan_update(ctx, services, resource))
+    async def run() -> FhirResponse:
+        resource = read_resource(ctx, body)
+        return await _run_with_content(ctx, services, resource, await plan_update(ctx, services, resource))
+
+    return await replanned(ctx, run)
 
 
 async def _run_with_content(

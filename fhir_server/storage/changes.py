@@ -81,6 +81,8 @@ class Lease:
     id: str
     floor: int
     at: datetime
+    until: datetime
+    """After this, a reader may reap the lease (its writer presumed dead)."""
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,9 @@ async def ensure_counter(database: AsyncDatabase[dict[str, Any]], *, now: dateti
 async def open_lease(database: AsyncDatabase[dict[str, Any]], *, now: datetime) -> Lease:
     """Step 1 of the module docstring, before the transaction starts."""
     current: Mapping[str, Any] = await database[COUNTER_COLLECTION].find_one({doc.ID: COUNTER_ID}) or {}
-    lease = Lease(uuid4().hex, int(current.get(SEQ) or 0) + 1, current.get(AT) or now)
+    lease = Lease(uuid4().hex, int(current.get(SEQ) or 0) + 1, current.get(AT) or now, now + LEASE)
     await database[PENDING_COLLECTION].insert_one(
-        {doc.ID: lease.id, FLOOR: lease.floor, AT: lease.at, UNTIL: now + LEASE}
+        {doc.ID: lease.id, FLOOR: lease.floor, AT: lease.at, UNTIL: lease.until}
     )
     return lease
 
@@ -112,6 +114,20 @@ async def open_lease(database: AsyncDatabase[dict[str, Any]], *, now: datetime) 
 async def release(database: AsyncDatabase[dict[str, Any]], lease: Lease) -> None:
     """The transaction did not commit: stop holding the horizon back."""
     await database[PENDING_COLLECTION].delete_one({doc.ID: lease.id})
+
+
+async def settle(database: AsyncDatabase[dict[str, Any]], lease: Lease, *, now: datetime) -> bool | None:
+    """Whether the transaction of `lease`, whose commit outcome was lost, did NOT commit.
+
+    Its transaction deletes the pending document (step 3), so the document is gone once it committed.
+    Deleting it here settles the question: True, it was still there, so the transaction did not
+    commit and now never will (its own delete would conflict); False, it was gone: committed. None
+    once the lease may have been reaped by a reader (its `until` passed): then nobody can tell.
+    """
+    if now >= lease.until:
+        return None
+    ended = await database[PENDING_COLLECTION].delete_one({doc.ID: lease.id})
+    return ended.deleted_count == 1
 
 
 async def stamp(
@@ -175,5 +191,6 @@ __all__ = [
     "horizon",
     "open_lease",
     "release",
+    "settle",
     "stamp",
 ]

@@ -11,8 +11,10 @@ https://hl7.org/fhir/R4/http.html
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -23,11 +25,11 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from fhir_server.audit.sink import AuditUnavailable
+from fhir_server.audit.sink import AuditChainConflict
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, conflict, gone, not_found, unavailable
 from fhir_server.fhir.resources import PATIENT
-from fhir_server.storage import changes
+from fhir_server.storage import changes, conditions
 from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.changes import Horizon, Written
@@ -43,8 +45,15 @@ IDENTITY_INDEX = "ins_unique"
 IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 T = TypeVar("T")
 
-TRANSACTION_ATTEMPTS = 30
-"""Concurrent writes to one patient's record contend on its audit chain head: retry with jittered backoff."""
+TRANSACTION_RETRY_SECONDS = 20.0
+"""How long a transaction is rerun on transient conflicts. Concurrent writes to one patient's record
+contend on its audit chain head (audit/sink.py): each rerun waits a jittered, capped backoff."""
+BACKOFF_BASE = 0.002
+BACKOFF_CAP = 0.05
+COMMIT_ATTEMPTS = 3
+"""Commits retried when their outcome is unknown, before the outcome is looked up."""
+TRANSIENT = "TransientTransactionError"
+UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
 LIVE: Mapping[str, Any] = {doc.DELETED: False}
 
 
@@ -61,6 +70,8 @@ class Repository:
         """Private: only the repository reaches clinical collections (docs/architecture.md)."""
         self._extract = extract
         self._written: dict[int, list[Written]] = {}
+        self._lane = asyncio.Lock()
+        """Reruns of contended transactions, one at a time (`in_transaction`)."""
         """Per open transaction (session id): the versions `save` wrote, stamped before commit."""
         self.binaries = BinaryStore(database)
         """Binary content too large to keep inline (GridFS), see storage/binaries.py."""
@@ -75,46 +86,101 @@ class Repository:
             yield session
 
     async def in_transaction(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
-        """Run `work` in one multi-document transaction, retried on transient conflicts."""
-        for attempt in range(TRANSACTION_ATTEMPTS):
-            async with self._session() as session:
-                lease: changes.Lease | None = None
+        """Run `work` in one multi-document transaction and commit it exactly once.
+
+        A transient error before the commit (a write conflict with a concurrent transaction, a lost
+        audit chain head) aborts the attempt and reruns `work`. Reruns go through one FIFO lane per
+        process: many writers contending on one document (a patient's audit chain head,
+        audit/sink.py) would otherwise keep aborting each other, while in the lane each rerun only
+        meets first attempts and gets through, in arrival order. The budget is time, not attempts
+        (TRANSACTION_RETRY_SECONDS, waiting in the lane included). A commit whose outcome is unknown
+        is never rerun: it is resolved (`_commit`). Every failure is a FhirError, audited as such.
+        """
+        deadline = time.monotonic() + TRANSACTION_RETRY_SECONDS
+        try:
+            return await self._attempt(work)
+        except PyMongoError as error:
+            if not error.has_error_label(TRANSIENT):
+                raise _refusal(error, transient=False) from error
+            log.debug("transaction rerun in the lane: %r", error)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._lane.acquire()
+        except TimeoutError as error:
+            raise unavailable("Too many concurrent writes to the same records; retry") from error
+        try:
+            for attempt in itertools.count():
+                await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
                 try:
-                    lease = await changes.open_lease(self._database, now=doc.now_utc())
-                    await session.start_transaction()
-                    self._written[id(session)] = []
-                    result = await work(session)
-                    await changes.stamp(
-                        self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
-                    )
-                    await session.commit_transaction()
-                    lease = None
-                    return result
+                    return await self._attempt(work)
                 except PyMongoError as error:
-                    if session.in_transaction:
-                        await session.abort_transaction()
-                    if isinstance(error, AuditUnavailable) and attempt + 1 == TRANSACTION_ATTEMPTS:
-                        raise
-                    transient = error.has_error_label("TransientTransactionError") or error.has_error_label(
-                        "UnknownTransactionCommitResult"
-                    )
-                    if transient and attempt + 1 < TRANSACTION_ATTEMPTS:
-                        await asyncio.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
-                        continue
-                    if isinstance(error, DuplicateKeyError):
-                        raise conflict("A concurrent write created the same resource; retry") from error
-                    if transient or _is_write_conflict(error):
-                        raise conflict("A concurrent write changed this resource; retry") from error
-                    raise unavailable("The database is unavailable") from error
-                except BaseException:
-                    if session.in_transaction:
-                        await session.abort_transaction()
-                    raise
-                finally:
-                    self._written.pop(id(session), None)
-                    if lease is not None:
-                        await changes.release(self._database, lease)
+                    transient = error.has_error_label(TRANSIENT)
+                    if not transient or time.monotonic() >= deadline:
+                        raise _refusal(error, transient=transient) from error
+                    log.debug("transaction rerun (attempt %d): %r", attempt + 2, error)
+        finally:
+            self._lane.release()
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _attempt(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """One run of `work` in a transaction, its versions stamped (storage/changes.py), committed."""
+        async with self._session() as session:
+            lease: changes.Lease | None = None
+            try:
+                lease = await changes.open_lease(self._database, now=doc.now_utc())
+                await session.start_transaction()
+                self._written[id(session)] = []
+                result = await work(session)
+                await changes.stamp(
+                    self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
+                )
+                await self._commit(session, lease)
+                lease = None
+                return result
+            finally:
+                if session.in_transaction:
+                    await session.abort_transaction()
+                self._written.pop(id(session), None)
+                if lease is not None:
+                    await self._release(lease)
+
+    async def _commit(self, session: AsyncClientSession, lease: changes.Lease) -> None:
+        """Commit; when the outcome is unknown (the answer was lost), retry the commit itself, which
+        commits at most once, and if that cannot be answered either, look the outcome up: the
+        transaction deleted its lease (storage/changes.py), so the lease is gone exactly when it
+        committed. Its session is killed first (which aborts it if it is still open), and ending the
+        lease from outside settles it: a transaction whose lease was deleted can no longer commit.
+        Returns when committed; raises a transient error (rerun the work) when it did not commit;
+        503 when the outcome cannot be known."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                await session.commit_transaction()
+                return
+            except PyMongoError as error:
+                if not error.has_error_label(UNKNOWN_COMMIT):
+                    raise
+                log.warning("commit outcome unknown (attempt %d): %s", attempt + 1, error)
+                await asyncio.sleep(0.01 * 2**attempt)
+        try:
+            # A commit that never arrived leaves the transaction open on the server, holding its
+            # writes (and the lease) until it expires: end it now, then look.
+            await self._client.admin.command("killSessions", [session.session_id])
+            ended = await changes.settle(self._database, lease, now=doc.now_utc())
+        except PyMongoError as error:
+            raise unavailable("The database did not say whether the write was committed") from error
+        if ended is None:
+            raise unavailable("The database did not say in time whether the write was committed")
+        if ended:
+            raise PyMongoError("the transaction did not commit: rerun it", error_labels=[TRANSIENT])
+        log.warning("commit outcome unknown, resolved: the transaction committed")
+
+    async def _release(self, lease: changes.Lease) -> None:
+        """The transaction did not commit: stop holding the change horizon back (best effort: a lease
+        left behind is reaped when it expires)."""
+        try:
+            await changes.release(self._database, lease)
+        except PyMongoError:
+            log.warning("could not release change-marker lease %s; it expires on its own", lease.id)
 
     # -- writes (inside a transaction) ----------------------------------------------------------
 
@@ -128,6 +194,19 @@ class Repository:
         """
         found = await self._database[resource_type].find_one({doc.ID: resource_id}, session=session)
         return None if found is None else StoredResource.from_document(resource_type, found)
+
+    async def claim_condition(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        now: datetime,
+        session: AsyncClientSession,
+    ) -> None:
+        """Claim a conditional write's condition in its transaction (storage/conditions.py): search
+        for its matches only after this, and a concurrent claimant aborts or sees this write."""
+        key = conditions.condition_key(resource_type, params)
+        await conditions.claim(self._database, key, now=now, session=session)
 
     async def save(
         self,
@@ -420,6 +499,18 @@ class Repository:
         except PyMongoError:
             return False
         return True
+
+
+def _refusal(error: PyMongoError, *, transient: bool) -> FhirError:
+    """The answer to a transaction that could not be committed. Every one is a FhirError, so that
+    the request is audited like any refused request (interactions/pipeline.py)."""
+    if isinstance(error, AuditChainConflict):
+        return unavailable("The audit trail of this record is busy; retry")
+    if isinstance(error, DuplicateKeyError):
+        return conflict("A concurrent write created the same resource; retry")
+    if transient or _is_write_conflict(error):
+        return conflict("A concurrent write changed this resource; retry")
+    return unavailable("The database is unavailable")
 
 
 def _is_write_conflict(error: PyMongoError) -> bool:
