@@ -12,7 +12,7 @@ from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import AUDIT_EVENT, CLIENT_WRITABLE_TYPES
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.services import Services
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 
 
 async def served(
