@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, Result, drive, embedded_database, run_load_process
 
 from fhir_server.auth.devkeys import ensure_private_key, mint_token
+from fhir_server.fhir.instants import now_utc
+from fhir_server.record.documents import to_document
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import now_utc, to_document
 from fhir_server.storage.embedded import free_port
 
 PATIENTS = 1_000

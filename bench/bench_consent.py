@@ -2,7 +2,7 @@
 
 Loads DocumentReferences over patients (default 20,000 over 1,000), each patient with 2 active Consents
 (an opt-in permit of the benchmark médecin, and a deny of laboratory reports for everyone), all with
-insert_many of documents built by the real storage code path (registry extraction + storage/documents.py,
+insert_many of documents built by the real storage code path (registry extraction + record/documents.py,
 history documents included). Then, on a server with FHIR_CONSENT_DEFAULT=deny, drives
 `DocumentReference?patient=X&status=current&_count=20` with 32 concurrent connections from a separate load
 process: by the professional (consents loaded and evaluated, filter in the query, post-check) and by the
@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import Result, drive, embedded_database, ratio_line, run_load_process, server_process
 
 from fhir_server.auth.devkeys import mint_token
+from fhir_server.fhir.instants import instant, now_utc
+from fhir_server.record.documents import to_document, to_history_document
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import instant, now_utc, to_document, to_history_document
 
 CONCURRENCY = 32
 ROUNDS = 2

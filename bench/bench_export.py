@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import embedded_database, server_process
 
 from fhir_server.auth.devkeys import mint_token
-from fhir_server.storage import documents as doc
-from fhir_server.storage.documents import now_utc, to_document
+from fhir_server.fhir.instants import instant, now_utc
+from fhir_server.record import documents as doc
+from fhir_server.record.documents import to_document
 
 DATABASE = "fhir"
 BATCH = 5_000
@@ -70,7 +71,7 @@ def document(document_id: str, patient_id: str) -> dict[str, Any]:
 
 def stored(resource: dict[str, Any], marker: int) -> dict[str, Any]:
     now = now_utc()
-    resource["meta"] = {"versionId": "1", "lastUpdated": doc.instant(now)}
+    resource["meta"] = {"versionId": "1", "lastUpdated": instant(now)}
     current = to_document(resource, version=1, last_updated=now, index={})
     current[doc.CHANGE] = marker
     current[doc.CHANGE_TIME] = now

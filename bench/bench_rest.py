@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import drive, embedded_database, ratio_line, run_load_process, server_process
 
 from fhir_server.auth.devkeys import mint_token
+from fhir_server.fhir.instants import now_utc
+from fhir_server.record.documents import to_document, to_history_document
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import now_utc, to_document, to_history_document
 
 PATIENTS = 10_000
 CONCURRENCY = 32

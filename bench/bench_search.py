@@ -1,7 +1,7 @@
 """Search benchmark (issue 3): DocumentReference searches through the server against the raw driver.
 
 Loads DocumentReferences over 5,000 patients with insert_many (documents built by the real storage
-code path: registry extraction + storage/documents.py), then, at 10 % and at 100 % of the load,
+code path: registry extraction + record/documents.py), then, at 10 % and at 100 % of the load,
 drives `DocumentReference?patient=X&status=current&_count=20` and
 `DocumentReference?type=...&date=ge...&_count=20` with 32 concurrent connections from a separate
 load process, and in the same run the raw driver doing the equivalent indexed `find` (same filter
@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import Result, drive, embedded_database, ratio_line, run_load_process, server_process
 
 from fhir_server.auth.devkeys import mint_token
+from fhir_server.fhir.instants import instant, now_utc
+from fhir_server.record.documents import to_document
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import instant, now_utc, to_document
 
 PATIENTS = 5_000
 CONCURRENCY = 32

@@ -1,7 +1,7 @@
 """The request-path benchmark (issue 11): each interaction with consent and audit on, against baselines
 measured in the same run, interleaved, with the database commands each request costs.
 
-Data (insert_many of documents built by the real storage code: registry extraction, storage/documents.py):
+Data (insert_many of documents built by the real storage code: registry extraction, record/documents.py):
 `--patients` Patients, `--documents` DocumentReferences spread over them, and per patient one opt-in
 Consent whose permit of the benchmark médecin carries a nested deny of laboratory reports (the DMP
 "not my lab results" case). The server runs with FHIR_CONSENT_DEFAULT=deny, one process, as
@@ -49,8 +49,9 @@ from bench_consent import G15, LAB, LOINC, PROFESSIONAL, document, insert, patie
 from common import ROOT, Result, embedded_database
 
 from fhir_server.auth.devkeys import mint_token
+from fhir_server.fhir.instants import now_utc
+from fhir_server.record.documents import to_document
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import now_utc, to_document
 from fhir_server.storage.embedded import free_port
 
 DATABASE = "fhir"

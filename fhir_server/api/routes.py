@@ -18,11 +18,11 @@ from starlette.types import Receive, Scope, Send
 
 from fhir_server.api.peer import client_address
 from fhir_server.api.render import to_http
+from fhir_server.fhir.instants import now_utc
 from fhir_server.interactions import dispatch, export
 from fhir_server.interactions.context import RequestMeta
 from fhir_server.interactions.pipeline import execute
 from fhir_server.interactions.services import Services
-from fhir_server.storage.documents import now_utc
 
 PREFIX = "/fhir"
 

@@ -40,8 +40,8 @@ from typing import Any
 
 from fhir_server.auth.principal import BREAK_THE_GLASS, PURPOSE_OF_USE_SYSTEM, Principal
 from fhir_server.consent.model import Decision
+from fhir_server.fhir.instants import instant
 from fhir_server.fhir.interaction import RESTFUL_INTERACTION_SYSTEM, Interaction
-from fhir_server.storage.documents import instant
 
 AUDIT_EVENT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fhir_server.storage.documents import reference_id
+from fhir_server.fhir.references import reference_id
 
 GENESIS = "0" * 64
 SYSTEM_CHAIN = "_system"

@@ -6,7 +6,7 @@ data change's transaction, so both commit or neither does. Any failure raises `A
 which the pipeline answers with 503.
 
 Stored layout: the `AuditEvent` collection, one document per event in the layout of
-storage/documents.py (`_id, vid=1, lu, del, res, idx, pat, sec`) plus `chain`, the event's
+record/documents.py (`_id, vid=1, lu, del, res, idx, pat, sec`) plus `chain`, the event's
 `ChainLink` (chain.py), kept outside `res` so the resource served is the one that was hashed.
 The collection `AuditEvent_chain` holds one head per chain: `{_id: key, seq, prev, hash}` = the
 chain's last link. AuditEvents have a single version: no `AuditEvent_history` documents.
@@ -48,8 +48,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from fhir_server.audit.chain import ChainLink, chain_key, link
+from fhir_server.fhir.errors import AuditUnavailable
+from fhir_server.fhir.instants import instant, now_utc
 from fhir_server.fhir.resources import AUDIT_EVENT
-from fhir_server.storage.documents import instant, now_utc, to_document
+from fhir_server.record.documents import to_document
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -62,10 +64,6 @@ UNKNOWN_COMMIT_RESULT = "UnknownTransactionCommitResult"
 
 Extractor = Callable[[Mapping[str, Any]], Mapping[str, list[Any]]]
 """Search index values of a resource, keyed by SearchParameter code (search/registry.py)."""
-
-
-class AuditUnavailable(Exception):
-    """The AuditEvent could not be persisted: the request must fail (503) and write nothing."""
 
 
 class AuditChainConflict(AuditUnavailable, PyMongoError):

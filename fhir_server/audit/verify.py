@@ -21,16 +21,10 @@ from pymongo.errors import PyMongoError
 
 from fhir_server.audit.chain import ChainLink, ChainRecord, ChainVerifier, Finding, Problem
 from fhir_server.audit.sink import CHAIN_FIELD, HEADS_COLLECTION
+from fhir_server.fhir.compartment import compartment
 from fhir_server.fhir.resources import AUDIT_EVENT
-from fhir_server.storage.documents import (
-    COMPARTMENT,
-    DELETED,
-    ID,
-    RESOURCE,
-    SECURITY,
-    compartment,
-    security_labels,
-)
+from fhir_server.record.documents import COMPARTMENT, DELETED, ID, RESOURCE, SECURITY
+from fhir_server.record.visibility import security_labels
 
 UNCHAINED = "(no chain)"
 """Pseudo-chain of the records that carry no chain link at all: inserted behind the sink's back."""

@@ -1,6 +1,6 @@
 """A MongoDB filter evaluated on one stored document, in Python (pure).
 
-The scope confinement (auth/confinement.py) is a query filter for searches and, for the decision on
+The scope confinement (interactions/confinement.py) is a query filter for searches and, for the decision on
 one resource (a read, a write about to happen), the same filter evaluated here, so that both answer
 alike. Covered: the operators the search compiler emits (search/types/) — field equality, `$in`,
 `$nin`, `$ne`, `$gt`, `$gte`, `$lt`, `$lte`, `$exists`, `$regex`, `$not`, `$elemMatch`, `$and`,

@@ -21,8 +21,8 @@ from typing import Any
 
 from fhir_server.auth.principal import Principal
 from fhir_server.consent.model import Decision
+from fhir_server.fhir.references import reference_id
 from fhir_server.fhir.resources import DOCUMENT_REFERENCE
-from fhir_server.storage.documents import reference_id
 
 UPLOADER_EXTENSION = "https://fhir-server.example.org/StructureDefinition/binary-uploader"
 """Server-owned `Binary.meta.extension`: the client (`client`) and subject (`subject`) that uploaded it."""

@@ -59,7 +59,7 @@ from fhir_server.consent.provisions import (
 )
 from fhir_server.consent.writers import patient_rule, role_rule
 from fhir_server.fhir.resources import AUDIT_EVENT, DOCUMENT_REFERENCE, PATIENT
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 
 LIST = "List"
 NO_GROUPS: Mapping[str, Mapping[str, Any]] = MappingProxyType({})

@@ -8,7 +8,7 @@ fields of a query, and the embedded database uses none when a top-level operator
 - patient tokens: `{vis: "patient:<id>"}`;
 - every other caller, when each loaded patient's consents decide without reading the data (actor,
   action, purpose and period criteria only, or no consent: the default policy; break-the-glass):
-  one `$in` on the `vis` keys of storage/documents.py — the caller's author keys, `"*:<patients>"` for
+  one `$in` on the `vis` keys of record/visibility.py — the caller's author keys, `"*:<patients>"` for
   each non-empty set of permitted patients (at most MAX_ENUMERATED_PATIENTS of them; `"*"` when every
   patient permits), `"-"` (no compartment) for `system/` clients and creations; past that bound, or
   when some patients refuse while unloaded ones permit, the same `$in` with one `pat` clause, for a
@@ -35,17 +35,11 @@ from fhir_server.consent.evaluate import REFERENCE_PATHS, Evaluator
 from fhir_server.consent.provisions import AUTHORED_BY, CompiledConsent, DataItem, Label, Provision
 from fhir_server.consent.writers import patient_rule, role_rule
 from fhir_server.fhir.resources import DOCUMENT_REFERENCE, PATIENT
-from fhir_server.storage.documents import (
-    COMPARTMENT,
-    ID,
-    INDEX,
+from fhir_server.record.documents import COMPARTMENT, ID, INDEX, RESOURCE, RESOURCE_ID, SECURITY, VISIBILITY
+from fhir_server.record.visibility import (
     MASKED_TO_PROFESSIONALS,
     NO_COMPARTMENT_KEY,
     OPEN_KEY,
-    RESOURCE,
-    RESOURCE_ID,
-    SECURITY,
-    VISIBILITY,
     author_identifier_key,
     author_key,
     open_key,

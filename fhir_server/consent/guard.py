@@ -19,7 +19,7 @@ from typing import Any
 from fhir_server.consent.evaluate import NO_GROUPS, Evaluator
 from fhir_server.consent.filter import consent_filter, to_query
 from fhir_server.consent.model import AccessRequest, ConsentPolicy, Decision
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 
 
 class ConsentGuard:

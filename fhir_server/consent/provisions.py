@@ -26,7 +26,7 @@ from fhir_server.consent.codes import (
     purpose_covers,
 )
 from fhir_server.consent.periods import aware, period_bounds
-from fhir_server.storage.documents import reference_id
+from fhir_server.fhir.references import reference_id
 
 INSTANCE = "instance"
 RELATED = "related"

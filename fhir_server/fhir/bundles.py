@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from fhir_server.storage.documents import instant
+from fhir_server.fhir.instants import instant
 
 
 def bundle(

@@ -100,3 +100,11 @@ def unprocessable(issues: list[Issue]) -> FhirError:
 
 def unavailable(diagnostics: str) -> FhirError:
     return FhirError.of(503, "transient", diagnostics)
+
+
+class AuditUnavailable(Exception):
+    """The AuditEvent could not be persisted: the request must fail (503) and write nothing.
+
+    Raised by the audit sink (audit/sink.py) and handled by the storage transaction that commits a
+    write with its AuditEvent and by the pipeline (interactions/pipeline.py), which answers 503.
+    """

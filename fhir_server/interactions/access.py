@@ -6,7 +6,7 @@ Consent created, changed or revoked is enforced on the very next request on ever
 (docs/architecture.md I3). Consents are loaded whatever their status: applicability is the evaluator's
 decision.
 Groups named as actors are read from the Consent itself (contained); Group is not a stored type.
-Every guard is narrowed to what the token's scopes leave visible (auth/confinement.py): the
+Every guard is narrowed to what the token's scopes leave visible (interactions/confinement.py): the
 `patient/` compartment and SMART v2 `?param=value` restrictions.
 """
 
@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fhir_server.auth.confinement import ConfinedGuard, ScopeLimits
 from fhir_server.consent import AccessRequest, ConsentGuard, ConsentPolicy, needs_consents
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.fhir.references import reference_id
 from fhir_server.fhir.resources import CONSENT
+from fhir_server.interactions.confinement import ConfinedGuard, ScopeLimits
 from fhir_server.interactions.context import InteractionContext
+from fhir_server.record import documents as doc
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
-from fhir_server.storage import documents as doc
 from fhir_server.storage.guard import AccessGuard, GuardProvider
 from fhir_server.storage.repository import Repository
 
@@ -114,7 +115,7 @@ class _ConsentGuards:
             query = {doc.COMPARTMENT: {"$in": list(patients)}}
             grouped = {patient: [] for patient in patients}
         for consent in await self._repository.policy_documents(CONSENT, query):
-            patient = doc.reference_id(consent.get("patient"), "Patient")
+            patient = reference_id(consent.get("patient"), "Patient")
             if patient is not None:
                 grouped.setdefault(patient, []).append(consent)
         self._loaded[patients] = grouped

@@ -25,8 +25,8 @@ from fhir_server.interactions.render import resource_response
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.interactions.write import plan_create, run_planned, with_content
+from fhir_server.record.documents import StoredResource
 from fhir_server.storage.binaries import content_ref, decode_data, without_pointer
-from fhir_server.storage.documents import StoredResource
 from fhir_server.validation import validate_or_raise
 
 OCTET_STREAM = "application/octet-stream"

@@ -26,14 +26,15 @@ from fhir_server.consent.binary import (
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.fhir.references import reference_id
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.search import GuardedResolver
 from fhir_server.interactions.services import Services
+from fhir_server.record import documents as doc
+from fhir_server.record.documents import StoredResource
 from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import parse_search
-from fhir_server.storage import documents as doc
-from fhir_server.storage.documents import StoredResource
 
 WRITES = frozenset({Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE})
 NOT_ON_THIS_BINARY = "not-this-binary"
@@ -201,7 +202,7 @@ def owned(
             resource, owner=owner_id(previous.resource), uploaded_by=uploader(previous.resource)
         )
     bound = ctx.bindings.get(f"{BINARY}/{resource.get('id')}")
-    owner = doc.reference_id({"reference": bound}, DOCUMENT_REFERENCE) if bound else None
+    owner = reference_id({"reference": bound}, DOCUMENT_REFERENCE) if bound else None
     return with_ownership(resource, owner=owner, uploaded_by=uploader_of(ctx.require_principal()))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from fhir_server import __version__
 from fhir_server.auth import discovery
+from fhir_server.fhir.instants import instant
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES, PATIENT, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
@@ -33,7 +34,6 @@ from fhir_server.interactions.services import Services
 from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.search.registry import ANY_TYPE, SearchRegistry
 from fhir_server.settings import Settings
-from fhir_server.storage.documents import instant
 
 SYSTEM_LEVEL = ""
 """The `OPERATIONS` key of an operation on the base URL (`[base]/$name`)."""

@@ -53,7 +53,9 @@ from fhir_server.auth.scopes import granting_scopes
 from fhir_server.auth.tokens import bearer_token
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, bad_request, forbidden
+from fhir_server.fhir.instants import instant, now_utc
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.fhir.references import reference_id
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
 from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext, RequestMeta
@@ -61,8 +63,8 @@ from fhir_server.interactions.pipeline import record_audit
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.search import compile_criteria
 from fhir_server.interactions.services import Services
+from fhir_server.record import documents as doc
 from fhir_server.search.parse import parse_search
-from fhir_server.storage import documents as doc
 from fhir_server.storage.exports import ExportJob, FileWriter, JobStatus, JobStore, LeaseLost, OutputFile
 from fhir_server.storage.guard import AccessGuard
 from fhir_server.validation import parse_resource_json
@@ -256,7 +258,7 @@ def _patient_parameter(params: Sequence[tuple[str, str]], *, level: str) -> tupl
         return None
     if level == SYSTEM_LEVEL:
         raise bad_request("patient applies to Patient- and Group-level export", expression=("patient",))
-    ids = [doc.reference_id({"reference": reference}, PATIENT) for reference in references]
+    ids = [reference_id({"reference": reference}, PATIENT) for reference in references]
     if any(item is None for item in ids):
         raise bad_request("patient takes references Patient/[id]", expression=("patient",))
     return tuple(sorted({item for item in ids if item is not None}))
@@ -272,7 +274,7 @@ async def _group_members(
     stored = await services.repository.read(GROUP, group_id, access=provider)
     members: set[str] = set()
     for member in (stored.resource or {}).get("member") or []:
-        patient = doc.reference_id(member.get("entity"), PATIENT)
+        patient = reference_id(member.get("entity"), PATIENT)
         if patient is not None and not member.get("inactive"):
             members.add(patient)
     if restrict is not None:
@@ -313,7 +315,7 @@ async def status(ctx: InteractionContext, services: Services, *, job_id: str) ->
             202, None, {"Retry-After": str(RETRY_AFTER_SECONDS), "X-Progress": progress_text(job)}
         )
     manifest = {
-        "transactionTime": doc.instant(job.transaction_time),
+        "transactionTime": instant(job.transaction_time),
         "request": job.request_url,
         "requiresAccessToken": True,
         "output": [
@@ -462,7 +464,7 @@ class ExportWorker:
             self._wake.clear()
 
     async def _tick(self) -> None:
-        now = doc.now_utc()
+        now = now_utc()
         for job_id in await self.store.lapsed(now):
             if job_id not in self._running:
                 await self.store.delete(job_id)
@@ -499,7 +501,7 @@ class ExportWorker:
                 log.warning("export job %s: failure not recorded", job.id)
 
     def _expiry(self) -> datetime:
-        return doc.now_utc() + self.retention
+        return now_utc() + self.retention
 
 
 @dataclass
@@ -567,7 +569,7 @@ class _Runner:
             client_address=job.client_address,
         )
         return InteractionContext(
-            interaction=interaction, resource_type=None, request=meta, now=doc.now_utc(), principal=principal
+            interaction=interaction, resource_type=None, request=meta, now=now_utc(), principal=principal
         )
 
     async def run(self) -> None:
@@ -673,7 +675,7 @@ class _Runner:
 
     async def _renew(self) -> None:
         self._renewed = time.monotonic()
-        lease = doc.now_utc() + self._worker.lease
+        lease = now_utc() + self._worker.lease
         await self._update({"$set": {"lease": lease, "exported": self._exported}})
 
     async def _close_part(self) -> None:
@@ -682,7 +684,7 @@ class _Runner:
             return
         if part.buffer:
             await part.stream.write(bytes(part.buffer))
-        await part.stream.close(now=doc.now_utc())
+        await part.stream.close(now=now_utc())
         await self._store.add_patients(self._job.id, part.patients)
         output = OutputFile(part.resource_type, part.name, part.file_id, part.count)
         await self._update(

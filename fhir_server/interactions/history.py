@@ -27,14 +27,15 @@ import orjson
 
 from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed, not_found
+from fhir_server.fhir.instants import instant
 from fhir_server.fhir.resources import REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
 from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
+from fhir_server.record.documents import UNVERSIONED_TYPES, StoredResource
 from fhir_server.storage.changes import Horizon
-from fhir_server.storage.documents import UNVERSIONED_TYPES, StoredResource, instant
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000

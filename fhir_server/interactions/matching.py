@@ -12,9 +12,9 @@ from fhir_server.fhir.interaction import Interaction
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.search import GuardedResolver, is_identity_lookup
 from fhir_server.interactions.services import Services
+from fhir_server.record.documents import StoredResource
 from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import parse_search
-from fhir_server.storage.documents import StoredResource
 
 
 async def find_matches(

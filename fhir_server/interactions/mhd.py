@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fhir_server.fhir.errors import FhirError
+from fhir_server.fhir.references import reference_id
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE, LIST
 from fhir_server.interactions.binary_access import local_binary
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.storage.binaries import decode_data
-from fhir_server.storage.documents import reference_id
 
 PROVIDE_DOCUMENT_BUNDLE = "ITI-65"
 MHD_LIST_TYPES = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"

@@ -16,11 +16,10 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import ConnectionFailure
 
 from fhir_server.audit.balp import InteractionFacts, build_audit_events
-from fhir_server.audit.sink import AuditUnavailable
 from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import PERMISSION_OF, permitted_scopes
 from fhir_server.auth.tokens import bearer_token
-from fhir_server.fhir.errors import FhirError, forbidden, operation_outcome, unavailable
+from fhir_server.fhir.errors import AuditUnavailable, FhirError, forbidden, operation_outcome, unavailable
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
@@ -90,7 +89,7 @@ def check_scope(ctx: InteractionContext, resource_type: str | None = None) -> No
     """403 unless a SMART scope covers the interaction on the type (auth/scopes.py: permitted_scopes).
 
     Which resources of the type the scopes then leave visible (`patient/` compartment, `?param=value`
-    restrictions) is decided with the data, by the guards (auth/confinement.py).
+    restrictions) is decided with the data, by the guards (interactions/confinement.py).
     """
     principal = ctx.require_principal()
     target = resource_type or ctx.resource_type

@@ -17,7 +17,7 @@ from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.render import resource_response
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 from fhir_server.storage.guard import GuardProvider
 
 RETRIEVE_DOCUMENT = "ITI-68"

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 from fhir_server.fhir.errors import Issue, operation_outcome
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.response import FhirResponse
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 
 
 def version_headers(stored: StoredResource) -> dict[str, str]:

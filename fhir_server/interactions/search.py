@@ -31,6 +31,7 @@ from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
+from fhir_server.record.documents import StoredResource
 from fhir_server.search.compile import ID_FIELD, compile_filter, compile_sort, conjunction
 from fhir_server.search.naming import naming
 from fhir_server.search.paging import (
@@ -46,7 +47,6 @@ from fhir_server.search.paging import (
 )
 from fhir_server.search.parse import Clause, Include, SearchRequest, parse_search
 from fhir_server.search.registry import ANY_TYPE, SearchParameter, SearchRegistry
-from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.guard import GuardProvider
 
 MAX_SUB_QUERY_MATCHES = 1000

@@ -15,9 +15,9 @@ from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import AUDIT_EVENT, CLIENT_WRITABLE_TYPES, PATIENT, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.services import Services
+from fhir_server.record.documents import StoredResource
 from fhir_server.search.naming import Naming, naming
 from fhir_server.search.parse import parse_search
-from fhir_server.storage.documents import StoredResource
 
 
 def viewing_patient(ctx: InteractionContext) -> str | None:

@@ -28,6 +28,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from fhir_server.audit.balp import build_audit_events
 from fhir_server.fhir.bundles import bundle as make_bundle
 from fhir_server.fhir.errors import FhirError, Issue, bad_request, unprocessable
+from fhir_server.fhir.instants import instant
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE
 from fhir_server.interactions import dispatch, mhd
@@ -49,8 +50,8 @@ from fhir_server.interactions.write import (
     replanned,
     serve_write,
 )
+from fhir_server.record.documents import StoredResource
 from fhir_server.storage.binaries import Staging
-from fhir_server.storage.documents import StoredResource, instant
 from fhir_server.validation import parse_resource_json, validate_or_raise, validate_resource
 
 ERRORS = ("error", "fatal")

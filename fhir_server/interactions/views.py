@@ -29,10 +29,10 @@ from fhir_server.fhir.resources import AUDIT_EVENT, BINARY, LIST, SUPPORTED_TYPE
 from fhir_server.interactions import trail
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.services import Services
+from fhir_server.record import documents as doc
+from fhir_server.record.documents import StoredResource
 from fhir_server.search.parse import ChainTarget, Clause, HasClause, SearchRequest
 from fhir_server.search.types.reference import ReferenceValue, reference_key
-from fhir_server.storage import documents as doc
-from fhir_server.storage.documents import StoredResource
 
 VIEWED_TYPES = frozenset(SUPPORTED_TYPES) - {BINARY}
 """Types whose resources a List entry or a criterion may name and that a guard decides; a Binary is

@@ -58,8 +58,8 @@ from fhir_server.interactions.pipeline import audited_write
 from fhir_server.interactions.render import write_response
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
+from fhir_server.record.documents import StoredResource
 from fhir_server.storage.binaries import Staging
-from fhir_server.storage.documents import StoredResource
 from fhir_server.validation import check_bounds, parse_resource_json, validate_or_raise
 
 T = TypeVar("T")

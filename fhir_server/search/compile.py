@@ -1,4 +1,4 @@
-"""SearchRequest -> MongoDB filter and sort on stored documents (storage/documents.py).
+"""SearchRequest -> MongoDB filter and sort on stored documents (record/documents.py).
 
 https://hl7.org/fhir/R4/search.html
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from fhir_server.record.filters import conjunction
 from fhir_server.search.parse import Clause, HasClause, SearchRequest
 from fhir_server.search.registry import ANY_TYPE, SearchRegistry
 from fhir_server.search.types import TYPES
-from fhir_server.storage.filters import conjunction
 
 ID_FIELD = "_id"
 

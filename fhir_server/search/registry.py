@@ -21,15 +21,15 @@ from fhirpathpy import compile as compile_fhirpath
 from fhirpathpy.models import models
 
 from fhir_server.paths import CAPABILITY_DIR
+from fhir_server.record.documents import VISIBILITY
 from fhir_server.search.types import TYPES, ParameterType
 from fhir_server.search.types.reference import reference_type
-from fhir_server.storage.documents import VISIBILITY
 
 DEFAULT_PATH = CAPABILITY_DIR / "search-parameters.json"
 
 ANY_TYPE = "Resource"
 STORED_FIELDS: Mapping[str, str] = {"_id": "_id", "_lastUpdated": "lu"}
-"""Parameters answered by a field of the stored document (storage/documents.py) rather than `idx`."""
+"""Parameters answered by a field of the stored document (record/documents.py) rather than `idx`."""
 
 _RESOLVE = re.compile(r"(?P<path>.+)\.where\(\s*resolve\(\)\s+is\s+(?P<type>[A-Z][A-Za-z]+)\s*\)")
 _ROOT = re.compile(r"\(?\s*(?P<type>[A-Z][A-Za-z]+)\.(?P<element>[a-z][A-Za-z]*)")

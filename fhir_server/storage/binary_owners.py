@@ -25,9 +25,10 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from fhir_server.consent.binary import UPLOADER_EXTENSION, owner_id, uploader, with_ownership
 from fhir_server.consent.model import Decision
+from fhir_server.fhir.instants import now_utc
 from fhir_server.fhir.resources import BINARY, DOCUMENT_REFERENCE
-from fhir_server.storage import documents as doc
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record import documents as doc
+from fhir_server.record.documents import StoredResource
 from fhir_server.storage.repository import Repository
 
 log = logging.getLogger("fhir_server.migration")
@@ -98,7 +99,7 @@ def _owner_setter(
         if owner_id(current.resource) is not None or uploader(current.resource) is not None:
             return False
         body = with_ownership(current.resource, owner=owner, uploaded_by=None)
-        await repository.save(BINARY, body, previous=current, now=doc.now_utc(), session=session)
+        await repository.save(BINARY, body, previous=current, now=now_utc(), session=session)
         return True
 
     return work

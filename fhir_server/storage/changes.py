@@ -48,7 +48,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from fhir_server.storage import documents as doc
+from fhir_server.record import documents as doc
 
 COUNTER_COLLECTION = "_changes"
 PENDING_COLLECTION = "_changes_pending"

@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from fhir_server.storage import documents as doc
+from fhir_server.record import documents as doc
 
 CLAIMS_COLLECTION = "_conditions"
 CLAIMED_AT = "at"

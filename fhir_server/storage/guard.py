@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from fhir_server.consent.model import Decision
-from fhir_server.storage.documents import StoredResource
-from fhir_server.storage.filters import conjunction
+from fhir_server.record.documents import StoredResource
+from fhir_server.record.filters import conjunction
 
 NOTHING: Mapping[str, Any] = {"_id": {"$in": []}}
 """A filter that matches no document."""
@@ -21,7 +21,7 @@ NOTHING: Mapping[str, Any] = {"_id": {"$in": []}}
 
 class AccessGuard(Protocol):
     def query_filter(self, resource_type: str) -> Mapping[str, Any] | None:
-        """A filter on stored documents (storage/documents.py fields); None means nothing is visible."""
+        """A filter on stored documents (record/documents.py fields); None means nothing is visible."""
         ...
 
     def decide(self, stored: StoredResource) -> Decision:

@@ -25,22 +25,22 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from fhir_server.audit.sink import AuditChainConflict
 from fhir_server.consent.model import Decision
-from fhir_server.fhir.errors import FhirError, conflict, gone, not_found, unavailable
+from fhir_server.fhir.errors import AuditUnavailable, FhirError, conflict, gone, not_found, unavailable
+from fhir_server.fhir.instants import instant, now_utc
 from fhir_server.fhir.resources import PATIENT
+from fhir_server.record import documents as doc
+from fhir_server.record.documents import StoredResource
+from fhir_server.record.filters import conjunction
 from fhir_server.storage import changes, conditions
-from fhir_server.storage import documents as doc
 from fhir_server.storage.binaries import BinaryStore
 from fhir_server.storage.changes import Horizon, Written
-from fhir_server.storage.documents import StoredResource
 from fhir_server.storage.exports import JobStore
-from fhir_server.storage.filters import conjunction
 from fhir_server.storage.guard import AccessGuard, GuardProvider, guarded_filter
 
 log = logging.getLogger("fhir_server")
 IDENTITY_INDEX = "ins_unique"
-"""The unique index on the `ins` keys of live Patients (storage/documents.py)."""
+"""The unique index on the `ins` keys of live Patients (record/documents.py)."""
 
 IndexExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 T = TypeVar("T")
@@ -127,12 +127,12 @@ class Repository:
         async with self._session() as session:
             lease: changes.Lease | None = None
             try:
-                lease = await changes.open_lease(self._database, now=doc.now_utc())
+                lease = await changes.open_lease(self._database, now=now_utc())
                 await session.start_transaction()
                 self._written[id(session)] = []
                 result = await work(session)
                 await changes.stamp(
-                    self._database, lease, self._written[id(session)], now=doc.now_utc(), session=session
+                    self._database, lease, self._written[id(session)], now=now_utc(), session=session
                 )
                 await self._commit(session, lease)
                 lease = None
@@ -165,7 +165,7 @@ class Repository:
             # A commit that never arrived leaves the transaction open on the server, holding its
             # writes (and the lease) until it expires: end it now, then look.
             await self._client.admin.command("killSessions", [session.session_id])
-            ended = await changes.settle(self._database, lease, now=doc.now_utc())
+            ended = await changes.settle(self._database, lease, now=now_utc())
         except PyMongoError as error:
             raise unavailable("The database did not say whether the write was committed") from error
         if ended is None:
@@ -223,7 +223,7 @@ class Repository:
         body = dict(resource)
         meta = dict(body.get("meta") or {})
         meta["versionId"] = str(version)
-        meta["lastUpdated"] = doc.instant(now)
+        meta["lastUpdated"] = instant(now)
         body["meta"] = meta
         index = {} if deleted else self._extract(body)
         current = doc.to_document(body, version=version, last_updated=now, index=index, deleted=deleted)
@@ -460,7 +460,7 @@ class Repository:
             await current.create_index([(doc.CHANGE_TIME, ASCENDING)])
         if PATIENT in resource_types:
             await self._ensure_identity_index()
-        await changes.ensure_counter(self._database, now=doc.now_utc())
+        await changes.ensure_counter(self._database, now=now_utc())
 
     async def change_horizon(self, *, now: datetime) -> Horizon:
         """The change-feed position below which every change is committed (storage/changes.py)."""
@@ -504,7 +504,7 @@ class Repository:
 def _refusal(error: PyMongoError, *, transient: bool) -> FhirError:
     """The answer to a transaction that could not be committed. Every one is a FhirError, so that
     the request is audited like any refused request (interactions/pipeline.py)."""
-    if isinstance(error, AuditChainConflict):
+    if isinstance(error, AuditUnavailable):
         return unavailable("The audit trail of this record is busy; retry")
     if isinstance(error, DuplicateKeyError):
         return conflict("A concurrent write created the same resource; retry")

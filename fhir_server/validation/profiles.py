@@ -20,8 +20,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 
 from fhir_server.fhir.errors import Issue
+from fhir_server.fhir.ins import NIR_PATTERN, is_valid_nir
 from fhir_server.paths import PROFILES_DIR
-from fhir_server.validation.ins import NIR_PATTERN, is_valid_nir
 
 _REQUIRED_KEYWORDS = frozenset({"required", "minItems", "minContains"})
 _STRUCTURE_KEYWORDS = frozenset({"type"})

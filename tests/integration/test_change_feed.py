@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from fhir_server.fhir.instants import now_utc
+from fhir_server.record import documents as doc
 from fhir_server.storage import changes
-from fhir_server.storage import documents as doc
 from tests.integration.conftest import Server, document_resource, patient_resource, unique
 
 pytestmark = pytest.mark.asyncio
@@ -222,9 +223,7 @@ async def test_a_transaction_that_commits_late_holds_the_feed_back_instead_of_be
 
     async def slow(session: Any) -> None:
         resource = document_resource(patient["id"]) | {"id": slow_id}
-        await repository.save(
-            "DocumentReference", resource, previous=None, now=doc.now_utc(), session=session
-        )
+        await repository.save("DocumentReference", resource, previous=None, now=now_utc(), session=session)
         written.set()
         await proceed.wait()
 
@@ -251,7 +250,7 @@ async def test_a_dead_writers_lease_holds_the_feed_back_until_it_lapses(fresh_se
     server = fresh_server
     database = server.database
     patient = await create(server, "Patient", patient_resource())
-    now = doc.now_utc()
+    now = now_utc()
     pending = database[changes.PENDING_COLLECTION]
     await pending.insert_one(
         {"_id": "dead-writer", "floor": 1, "at": now, "until": now + timedelta(minutes=1)}
@@ -277,7 +276,7 @@ async def test_a_transaction_whose_lease_was_reaped_is_rerun_under_a_new_one(fre
         if attempts == 1:
             await database[changes.PENDING_COLLECTION].delete_many({})
         resource = patient_resource() | {"id": resource_id}
-        await repository.save("Patient", resource, previous=None, now=doc.now_utc(), session=session)
+        await repository.save("Patient", resource, previous=None, now=now_utc(), session=session)
 
     await repository.in_transaction(work)
     assert attempts == 2

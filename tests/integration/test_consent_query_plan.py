@@ -21,12 +21,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from fhir_server.auth.principal import Coding, Principal
 from fhir_server.auth.scopes import parse_scopes
 from fhir_server.consent import AccessRequest, ConsentGuard, ConsentPolicy
+from fhir_server.fhir.instants import instant
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.record.documents import StoredResource, to_document
+from fhir_server.record.filters import conjunction
 from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import parse_search
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import StoredResource, instant, to_document
-from fhir_server.storage.filters import conjunction
 from fhir_server.storage.guard import guarded_filter
 from fhir_server.storage.repository import Repository
 from tests.integration.conftest import BASE_URL

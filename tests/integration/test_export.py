@@ -23,9 +23,9 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from fhir_server.app import create_app
+from fhir_server.fhir.instants import now_utc
 from fhir_server.interactions.export import ExportWorker
 from fhir_server.settings import Settings
-from fhir_server.storage import documents as doc
 from fhir_server.storage.exports import BUCKET, JOBS_COLLECTION
 from tests.integration.conftest import BASE_URL, Server, document_resource, patient_resource, unique
 
@@ -278,7 +278,7 @@ async def store_group(server: Server, members: list[str], *, inactive: tuple[str
     }
 
     async def work(session: Any) -> None:
-        await services.repository.save("Group", resource, previous=None, now=doc.now_utc(), session=session)
+        await services.repository.save("Group", resource, previous=None, now=now_utc(), session=session)
 
     await services.repository.in_transaction(work)
     return group_id

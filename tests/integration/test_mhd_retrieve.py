@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from fhir_server.fhir.instants import now_utc
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.interactions import binary
 from fhir_server.interactions.context import InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import execute
 from fhir_server.interactions.services import Services
 from fhir_server.storage.binaries import INLINE_LIMIT
-from fhir_server.storage.documents import now_utc
 from tests.integration.conftest import BASE_URL, MEDECIN, Server
 from tests.integration.mhd_examples import (
     VISIBILITY,

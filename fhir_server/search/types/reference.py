@@ -3,7 +3,7 @@
 https://hl7.org/fhir/R4/search.html#reference
 
 Stored (`idx`): `<code>` holds one key per reference (a scalar when there is one): `Type/id`, also
-for an absolute URL that ends with `Type/id` (as storage/documents.py reads the patient compartment;
+for an absolute URL that ends with `Type/id` (as fhir/compartment.py reads the patient compartment;
 the query side normalises the same way), else the URL as written;
 `<code>:identifier` holds token keys of `Reference.identifier` (for `:identifier`), `<code>:sort`
 the smallest key. Contained references (`#id`) are not indexed.

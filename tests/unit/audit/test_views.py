@@ -13,8 +13,8 @@ from fhir_server.audit.balp import InteractionFacts, build_audit_events
 from fhir_server.audit.views import REDACTED_CODING, patient_view
 from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import parse_scopes
+from fhir_server.fhir.compartment import compartment
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.storage.documents import compartment
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PATIENT = Principal(

@@ -9,7 +9,7 @@ from fhir_server.auth.principal import PURPOSE_OF_USE_SYSTEM, Coding, Principal
 from fhir_server.auth.scopes import parse_scopes
 from fhir_server.consent.model import AccessRequest
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.storage.documents import StoredResource, to_document, to_history_document
+from fhir_server.record.documents import StoredResource, to_document, to_history_document
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 G15 = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"

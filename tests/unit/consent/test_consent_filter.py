@@ -41,7 +41,7 @@ from fhir_server.auth.principal import Principal
 from fhir_server.consent import AccessRequest, ConsentGuard, ConsentPolicy
 from fhir_server.consent import filter as consent_filter
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 
 
 def resource_type(document: dict[str, Any]) -> str:

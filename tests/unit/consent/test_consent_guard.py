@@ -29,7 +29,7 @@ from mongo_matcher import matches
 
 from fhir_server.consent import ConsentGuard, ConsentPolicy, Decision
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 from fhir_server.storage.guard import AccessGuard
 
 DENY_BY_DEFAULT = ConsentPolicy("deny")

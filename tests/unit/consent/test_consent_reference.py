@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from fhir_server.auth.principal import Principal
 from fhir_server.consent import AccessRequest, ConsentPolicy, Decision, decide
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.storage.documents import StoredResource
+from fhir_server.record.documents import StoredResource
 
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 CONF = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"

@@ -6,15 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fhir_server.storage.documents import (
-    StoredResource,
-    compartment,
-    instant,
-    reference_id,
-    security_labels,
-    to_document,
-    to_history_document,
-)
+from fhir_server.fhir.compartment import compartment
+from fhir_server.fhir.instants import instant
+from fhir_server.fhir.references import reference_id
+from fhir_server.record.documents import StoredResource, to_document, to_history_document
+from fhir_server.record.visibility import security_labels
 
 TRE_A07 = (
     "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from fhir_server.auth.confinement import Confinement, ScopeLimits, within
 from fhir_server.auth.filter_match import matches
 from fhir_server.auth.principal import Principal
 from fhir_server.auth.scopes import parse_scopes
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.interactions.confinement import Confinement, ScopeLimits, within
+from fhir_server.record.documents import StoredResource
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage.documents import StoredResource
 
 LOINC = "http://loinc.org"
 REGISTRY = SearchRegistry.load()

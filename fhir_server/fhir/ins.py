@@ -17,7 +17,7 @@ INS_C = "urn:oid:1.2.250.1.213.1.4.2"
 
 INS_SYSTEMS: frozenset[str] = frozenset({INS_NIR, INS_NIA, INS_NIR_TEST, INS_NIR_DEMO, INS_C})
 UNIQUE_INS_SYSTEMS: frozenset[str] = frozenset({INS_NIR, INS_NIA, INS_NIR_TEST, INS_NIR_DEMO})
-"""The INS systems whose value identifies at most one Patient (storage/documents.py, `ins` key)."""
+"""The INS systems whose value identifies at most one Patient (record/documents.py, `ins` key)."""
 NIR_SYSTEMS: frozenset[str] = frozenset({INS_NIR, INS_NIR_TEST, INS_NIR_DEMO})
 """Systems whose value is a NIR (15 characters, check key enforced)."""
 

@@ -27,12 +27,12 @@ from fhir_server.auth.scopes import Scope, permitted_scopes
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.record import documents as doc
+from fhir_server.record.documents import StoredResource
+from fhir_server.record.filters import conjunction
 from fhir_server.search.compile import compile_filter
 from fhir_server.search.parse import Clause, parse_search
 from fhir_server.search.registry import SearchRegistry
-from fhir_server.storage import documents as doc
-from fhir_server.storage.documents import StoredResource
-from fhir_server.storage.filters import conjunction
 from fhir_server.storage.guard import AccessGuard
 
 OUTSIDE_SCOPE = "outside-scope"

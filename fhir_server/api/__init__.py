@@ -1,0 +1,1 @@
+"""The HTTP layer, FastAPI only: routes map paths to interactions and render their responses."""

@@ -1,0 +1,1 @@
+"""The I/O of the data: the guarded repository over MongoDB, its stores and the embedded database."""
