@@ -12,12 +12,15 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from fhir_server.api.peer import client_address
 from fhir_server.api.render import to_http
+from fhir_server.fhir.errors import bad_request
 from fhir_server.interactions import dispatch, export
 from fhir_server.interactions.context import RequestMeta
 from fhir_server.interactions.pipeline import execute
@@ -44,7 +47,11 @@ class HttpBody:
         return self._request.stream()
 
     async def form(self) -> list[tuple[str, str]]:
-        form = await self._request.form()
+        try:
+            form = await self._request.form()
+        except (HTTPException, MultiPartException) as error:
+            # A multipart body without a boundary, or that does not parse: the client's error.
+            raise bad_request(f"The form body cannot be read: {getattr(error, 'detail', error)}") from error
         return [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pymongo.asynchronous.client_session import AsyncClientSession
+from starlette.requests import ClientDisconnect
 
 from fhir_server.audit.balp import InteractionFacts, build_audit_events
 from fhir_server.audit.sink import AuditUnavailable
@@ -28,6 +29,7 @@ log = logging.getLogger("fhir_server")
 
 Handler = Callable[[InteractionContext, Services], Awaitable[FhirResponse]]
 T = TypeVar("T")
+CLIENT_DISCONNECTED = "The client disconnected before its request was received in full"
 
 
 async def execute(
@@ -67,6 +69,10 @@ async def serve(services: Services, ctx: InteractionContext, handler: Handler) -
     except FhirError as error:
         response = error_response(error)
         outcome_desc = error.message
+    except ClientDisconnect:
+        # The client went away while its body was read (or was cut off as too slow): its error.
+        response = error_response(client_disconnected())
+        outcome_desc = CLIENT_DISCONNECTED
     except Exception:
         log.exception("unhandled error in %s", ctx.interaction)
         response = error_response(FhirError.of(500, "exception", "Internal server error"))
@@ -93,6 +99,11 @@ def check_scope(ctx: InteractionContext, resource_type: str | None = None) -> No
         return
     if not permitted_scopes(principal.scopes, ctx.interaction, target, patient=principal.patient):
         raise forbidden(f"No granted scope permits {ctx.interaction} on {target}")
+
+
+def client_disconnected() -> FhirError:
+    """No one reads this answer; it gives the AuditEvent a client-error outcome (4), not a server one."""
+    return FhirError.of(400, "incomplete", CLIENT_DISCONNECTED)
 
 
 def error_response(error: FhirError) -> FhirResponse:
