@@ -66,9 +66,9 @@ MAX_BUNDLE_ENTRIES = 1000
 """Most entries a batch or transaction may hold (docs/configuration.md): a transaction commits as
 one database transaction, whose size and duration grow with its entries; split larger loads."""
 YIELD_EVERY = 25
+"""Entries processed between two yields to the event loop, so one Bundle never starves the others."""
 AUDIT_SLICE = 100
 """AuditEvents handed to the sink at once: each slice is prepared (CPU) before it is stored."""
-"""Entries processed between two yields to the event loop, so one Bundle never starves the others."""
 
 
 @dataclass
