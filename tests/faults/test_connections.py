@@ -5,6 +5,7 @@ served, and a client that goes away audited as a client error, never as a server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
@@ -107,6 +108,12 @@ async def _read_until_closed(reader: asyncio.StreamReader, *, limit: float = 10.
     raise AssertionError(f"the connection was still open after {limit} s: {received[:200]!r}")
 
 
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
 async def _trickle(writer: asyncio.StreamWriter, data: bytes, *, every: float = 0.2) -> None:
     """Send `data` a byte at a time until it is all sent or the server closes the connection."""
     for position in range(len(data)):
@@ -122,7 +129,7 @@ async def test_a_connection_that_sends_nothing_is_answered_408_and_closed(live: 
     started = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
     received = await _read_until_closed(reader)
-    writer.close()
+    await _close(writer)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert time.monotonic() - started < DEADLINE + 2
 
@@ -133,7 +140,7 @@ async def test_an_idle_keep_alive_connection_is_closed(live: Live) -> None:
     await writer.drain()
     started = time.monotonic()
     received = await _read_until_closed(reader)
-    writer.close()
+    await _close(writer)
     assert received.startswith(b"HTTP/1.1 200 ")
     assert time.monotonic() - started < KEEP_ALIVE + 2
 
@@ -150,7 +157,7 @@ async def test_a_slowloris_head_is_cut_off_while_other_clients_are_served(live: 
     received = await _read_until_closed(reader)
     cut_after = time.monotonic() - started
     await trickling
-    writer.close()
+    await _close(writer)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert cut_after < DEADLINE + 2, f"cut after {cut_after:.1f} s"
 
@@ -170,7 +177,7 @@ async def test_a_slow_body_is_cut_off_and_audited_as_a_client_disconnect(live: L
     received = await _read_until_closed(reader)
     cut_after = time.monotonic() - started
     await trickling
-    writer.close()
+    await _close(writer)
     assert received.startswith(b"HTTP/1.1 408 ")
     assert cut_after < 2 * DEADLINE + 2, f"cut after {cut_after:.1f} s"
     events = await live.events(request_id)
@@ -191,8 +198,7 @@ async def test_clients_that_disconnect_mid_body_are_audited_as_client_disconnect
         )
         await writer.drain()
         await asyncio.sleep(0.05)
-        writer.close()
-        await writer.wait_closed()
+        await _close(writer)
     outcomes = [
         (event["outcome"], event.get("outcomeDesc"))
         for request_id in request_ids
