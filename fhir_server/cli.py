@@ -75,6 +75,10 @@ def _run_uvicorn(
         # X-Forwarded-For is believed only from FHIR_TRUSTED_PROXIES, by the API (api/peer.py).
         "proxy_headers": False,
         "timeout_graceful_shutdown": args.shutdown_timeout,
+        # Bounded connections (api/connections.py): an idle keep-alive connection is closed after 5 s;
+        # a request head must arrive within 10 s, its body at 1 KiB per 10 s at least (slowloris).
+        "timeout_keep_alive": 5,
+        "http": "fhir_server.api.connections:DeadlineProtocol",
     }
     if args.workers > 1:
         os.environ.setdefault("FHIR_BASE_URL", settings.resolved_base_url(args.host, args.port))

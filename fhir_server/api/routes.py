@@ -12,23 +12,28 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from fhir_server.api.peer import client_address
 from fhir_server.api.render import to_http
+from fhir_server.fhir.errors import bad_request
 from fhir_server.fhir.instants import now_utc
 from fhir_server.interactions import dispatch, export
 from fhir_server.interactions.context import RequestMeta
-from fhir_server.interactions.pipeline import execute
+from fhir_server.interactions.pipeline import client_disconnected, execute
 from fhir_server.interactions.services import Services
 
 PREFIX = "/fhir"
 
 
 class HttpBody:
-    """The request body of a Starlette request, read on demand by the interaction."""
+    """The request body of a Starlette request, read on demand by the interaction. A client that goes
+    away mid-body (or is cut off as too slow) is the client's error, audited as such (outcome 4)."""
 
     def __init__(self, request: Request) -> None:
         self._request = request
@@ -38,13 +43,26 @@ class HttpBody:
         return self._request.headers.get("content-type", "").split(";")[0].strip().lower()
 
     async def read(self) -> bytes:
-        return await self._request.body()
+        try:
+            return await self._request.body()
+        except ClientDisconnect as error:
+            raise client_disconnected() from error
 
-    def stream(self) -> AsyncIterator[bytes]:
-        return self._request.stream()
+    async def stream(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._request.stream():
+                yield chunk
+        except ClientDisconnect as error:
+            raise client_disconnected() from error
 
     async def form(self) -> list[tuple[str, str]]:
-        form = await self._request.form()
+        try:
+            form = await self._request.form()
+        except ClientDisconnect as error:
+            raise client_disconnected() from error
+        except (HTTPException, MultiPartException) as error:
+            # A multipart body without a boundary, or that does not parse: the client's error.
+            raise bad_request(f"The form body cannot be read: {getattr(error, 'detail', error)}") from error
         return [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
 
 

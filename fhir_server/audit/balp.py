@@ -20,6 +20,10 @@ Choices the profiles leave open, and what this module does:
   refused access adds no patient to her own events (her attempt is recorded without patient entity).
 - searches and history never list their results as data entities (BALP minimal pattern), which
   also keeps one patient's resources out of another patient's events.
+- a batch or transaction records, besides one event per entry, its own events: one per patient,
+  naming that patient's entries only, plus one without patient for the entries in no patient's
+  compartment; each names the Bundle (an entity typed `resource-types#Bundle` with its entry count),
+  so its audit cost is linear in the number of entries, never entries x patients.
 - a refused or failed interaction keeps the same shape with outcome 4 (4xx) or 8 (5xx) and
   `outcomeDesc`; refused before authentication, the only agents are the client, identified by its
   network address, and this server.
@@ -34,6 +38,7 @@ Choices the profiles leave open, and what this module does:
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -98,6 +103,7 @@ _DOMAIN_RESOURCE_ROLE = {"system": OBJECT_ROLE_SYSTEM, "code": "4", "display": "
 _QUERY_ROLE = {"system": OBJECT_ROLE_SYSTEM, "code": "24", "display": "Query"}
 _REQUEST_ID = {"system": BALP_ENTITY_TYPE_SYSTEM, "code": "XrequestId", "display": "XrequestId"}
 _CONSENT = {"system": RESOURCE_TYPES_SYSTEM, "code": "Consent", "display": "Consent"}
+_BUNDLE_TYPE = {"system": RESOURCE_TYPES_SYSTEM, "code": "Bundle", "display": "Bundle"}
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,11 @@ class InteractionFacts:
     """IHE transaction the interaction serves, e.g. `ITI-67`; adds its `urn:ihe:event-type-code` subtype."""
     bundle: Interaction | None = None
     """`transaction` or `batch` when this interaction is one entry of that Bundle."""
+    patient_resources: Mapping[str, tuple[str, ...]] | None = None
+    """The event of a batch or transaction itself: per patient, the references of her entries; the
+    event of that patient names these only, and `resources` are then the entries of no patient."""
+    bundle_entries: int | None = None
+    """The event of a batch or transaction itself: how many entries its Bundle held."""
 
     @property
     def break_the_glass(self) -> bool:
@@ -190,12 +201,18 @@ def build_audit_events(facts: InteractionFacts) -> list[dict[str, Any]]:
     """The AuditEvents of one interaction: one per patient concerned, or one when none is."""
     principal = facts.principal
     self_id = _patient_user(principal)
+    # A Bundle's entries that are in no patient's compartment are named by an event of their own.
+    unassigned = facts.patient_resources is not None and bool(facts.resources)
     if self_id is None:
         patients: list[str | None] = list(dict.fromkeys((*facts.patient_ids, *facts.refused_patient_ids)))
+        if unassigned and patients:
+            patients.append(None)
         return [_event(facts, patient) for patient in patients or [None]]
     served = list(dict.fromkeys(facts.patient_ids))
     others = [p for p in dict.fromkeys((*served, *facts.refused_patient_ids)) if p != self_id]
     own: list[str | None] = [self_id] if self_id in served else [None]
+    if unassigned and None not in own:
+        own.append(None)
     return [
         *(_event(facts, patient) for patient in own),
         *(_event(facts, patient, requestor_by_reference=False) for patient in others),
@@ -361,7 +378,7 @@ def _entities(facts: InteractionFacts, patient_id: str | None) -> list[dict[str,
             }
         )
     data_role = _REPORT_ROLE if facts.mhd_transaction == "ITI-68" else _DOMAIN_RESOURCE_ROLE
-    for reference in _data_references(facts):
+    for reference in _data_references(facts, patient_id):
         entities.append(
             {"what": {"reference": reference}, "type": dict(_SYSTEM_OBJECT), "role": dict(data_role)}
         )
@@ -373,14 +390,26 @@ def _entities(facts: InteractionFacts, patient_id: str | None) -> list[dict[str,
                 "query": base64.b64encode(facts.raw_query).decode("ascii"),
             }
         )
+    if facts.bundle_entries is not None:
+        entities.append(_bundle_entity(facts.interaction, facts.bundle_entries))
     if facts.request_id:
         entities.append({"what": {"identifier": {"value": facts.request_id}}, "type": dict(_REQUEST_ID)})
     entities.extend(_consent_entities(facts.decisions))
     return entities
 
 
-def _data_references(facts: InteractionFacts) -> list[str]:
-    """The target of the request (with its version when known), then the other resources touched."""
+def _bundle_entity(interaction: Interaction, entries: int) -> dict[str, Any]:
+    """The Bundle a batch or transaction posted: never stored, so described, not referenced."""
+    return {
+        "type": dict(_BUNDLE_TYPE),
+        "description": f"{interaction.value} Bundle of {entries} entries",
+        "detail": [{"type": "entries", "valueString": str(entries)}],
+    }
+
+
+def _data_references(facts: InteractionFacts, patient_id: str | None) -> list[str]:
+    """The target of the request (with its version when known), then the other resources touched;
+    for a Bundle's own event, the entries of `patient_id` only (or of no patient)."""
     if facts.interaction.is_search or facts.interaction.is_history:
         return []
     references: list[str] = []
@@ -388,7 +417,10 @@ def _data_references(facts: InteractionFacts) -> list[str]:
         target = f"{facts.resource_type}/{facts.resource_id}"
         references.append(f"{target}/_history/{facts.version_id}" if facts.version_id else target)
     seen = {reference.split("/_history/")[0] for reference in references}
-    for reference in facts.resources:
+    concerned = facts.resources
+    if facts.patient_resources is not None and patient_id is not None:
+        concerned = facts.patient_resources.get(patient_id, ())
+    for reference in concerned:
         base = reference.split("/_history/")[0]
         if base not in seen:
             seen.add(base)

@@ -28,6 +28,7 @@ log = logging.getLogger("fhir_server")
 
 Handler = Callable[[InteractionContext, Services], Awaitable[FhirResponse]]
 T = TypeVar("T")
+CLIENT_DISCONNECTED = "The client disconnected before its request was received in full"
 
 
 async def execute(
@@ -99,6 +100,11 @@ def check_scope(ctx: InteractionContext, resource_type: str | None = None) -> No
         principal.scopes, ctx.interaction, target, patient=principal.patient, system=principal.is_system
     ):
         raise forbidden(f"No granted scope permits {ctx.interaction} on {target}")
+
+
+def client_disconnected() -> FhirError:
+    """No one reads this answer; it gives the AuditEvent a client-error outcome (4), not a server one."""
+    return FhirError.of(400, "incomplete", CLIENT_DISCONNECTED)
 
 
 def error_response(error: FhirError) -> FhirResponse:

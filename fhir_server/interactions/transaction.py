@@ -10,13 +10,20 @@ A transaction that is an IHE MHD ITI-65 Provide Document Bundle is also checked 
 (interactions/mhd.py) and audited with its `urn:ihe:event-type-code#ITI-65` subtype; replaced
 DocumentReferences are superseded in the same transaction; large Binary content is uploaded to
 GridFS before the transaction and committed with it (storage/binaries.py).
+
+Bounded cost: a Bundle of more than `MAX_BUNDLE_ENTRIES` entries is refused (413) before any of
+them is read; the Bundle's own AuditEvents name, per patient, that patient's entries only (one
+event per entry besides), so the audit of a Bundle grows linearly with its entries; the entry
+loops hand the event loop back to other requests every `YIELD_EVERY` entries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -25,7 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import orjson
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from fhir_server.audit.balp import build_audit_events
+from fhir_server.audit.balp import InteractionFacts, build_audit_events
 from fhir_server.fhir.bundles import bundle as make_bundle
 from fhir_server.fhir.errors import FhirError, Issue, bad_request, unprocessable
 from fhir_server.fhir.instants import instant
@@ -59,6 +66,13 @@ ENTRY_EXPRESSION = re.compile(r"^Bundle\.entry\[(\d+)\]")
 ORDER = {Interaction.DELETE: 0, Interaction.CREATE: 1, Interaction.UPDATE: 2, Interaction.PATCH: 2}
 """Write entries run in this order; every other entry is served after them, as its own request."""
 LOCAL_REFERENCE_PREFIXES = ("urn:uuid:", "urn:oid:")
+MAX_BUNDLE_ENTRIES = 1000
+"""Most entries a batch or transaction may hold (docs/configuration.md): a transaction commits as
+one database transaction, whose size and duration grow with its entries; split larger loads."""
+YIELD_EVERY = 25
+"""Entries processed between two yields to the event loop, so one Bundle never starves the others."""
+AUDIT_SLICE = 100
+"""AuditEvents handed to the sink at once: each slice is prepared (CPU) before it is stored."""
 
 
 @dataclass
@@ -105,10 +119,18 @@ async def _process(ctx: InteractionContext, services: Services, *, body: bytes) 
         )
     kind = payload.get("type")
     ctx.interaction = Interaction.BATCH if kind == "batch" else Interaction.TRANSACTION
+    raw_entries = payload.get("entry")
+    if isinstance(raw_entries, list) and len(raw_entries) > MAX_BUNDLE_ENTRIES:
+        raise FhirError.of(
+            413,
+            "too-costly",
+            f"The Bundle has {len(raw_entries)} entries; this server takes at most {MAX_BUNDLE_ENTRIES} "
+            "per batch or transaction: split it",
+            expression=("Bundle.entry",),
+        )
     issues = [
         issue for issue in validate_resource(payload, expected_type="Bundle") if issue.severity in ERRORS
     ]
-    raw_entries = payload.get("entry")
     entries = [
         _entry(ctx, index, raw)
         for index, raw in enumerate(raw_entries if isinstance(raw_entries, list) else [])
@@ -221,14 +243,15 @@ async def _transaction(
     for entry in entries:
         _guard_entry(entry, _check_entry, entry)
     references: dict[str, str] = {}
-    for entry in sorted((entry for entry in entries if entry.is_write), key=lambda item: item.order):
+    ordered = sorted((entry for entry in entries if entry.is_write), key=lambda item: item.order)
+    async for entry in _paced(ordered):
         if entry.method in ("POST", "PUT") and entry.resource is not None:
             await _guard_async(entry, _assign_identity(entry, services, references))
-    for entry in entries:
+    async for entry in _paced(entries):
         if entry.resource is not None:
             _guard_entry(entry, _rewrite, entry, references)
     derived = await _check_documents(ctx, services, entries, staging, provide_bundle=provide_bundle)
-    for entry in entries:
+    async for entry in _paced(entries):
         if entry.is_write:
             entry.planned = await _guard_async(entry, _plan(entry, services))
     writes = sorted(
@@ -238,7 +261,7 @@ async def _transaction(
 
     async def work(session: AsyncClientSession) -> tuple[None, int]:
         events: list[dict[str, Any]] = []
-        for entry in writes:
+        async for entry in _paced(writes):
             planned = entry.planned
             if planned is None or planned.apply is None:
                 continue
@@ -246,12 +269,14 @@ async def _transaction(
             entry.stored = stored
             entry.result = render_write(entry.ctx, stored, status)
             events.extend(build_audit_events(facts_of(entry.ctx, status, outcome_desc=None)))
-        for entry in writes:
-            _touch_parent(ctx, entry)
+            ctx.audit.patients.update(entry.ctx.audit.patients)
         await staging.commit(session)
-        # Every entry's AuditEvent and the transaction's own, appended to their chains at once.
-        events.extend(build_audit_events(facts_of(ctx, 200, outcome_desc=None)))
-        await services.audit.record(events, session=session)
+        # Every entry's AuditEvent and the transaction's own, in the transaction, a slice at a time:
+        # preparing an event (its search index values) is CPU work the event loop waits for.
+        events.extend(build_audit_events(_bundle_facts(ctx, writes, len(entries))))
+        for start in range(0, len(events), AUDIT_SLICE):
+            await services.audit.record(events[start : start + AUDIT_SLICE], session=session)
+            await asyncio.sleep(0)
         return None, 200
 
     await services.repository.in_transaction(work)
@@ -264,7 +289,7 @@ async def _transaction(
             entry.result = await serve_write(entry.ctx, services, entry.planned.existing, 200)
         elif entry.planned is not None and entry.planned.apply is None and entry.result is None:
             entry.result = FhirResponse(204)
-    for entry in entries:
+    async for entry in _paced(entries):
         if not entry.is_write:
             entry.result = await serve(services, entry.ctx, _entry_handler(entry))
     return FhirResponse(
@@ -309,10 +334,42 @@ async def _check_documents(
     return derived
 
 
-def _touch_parent(ctx: InteractionContext, entry: Entry) -> None:
-    for reference in entry.ctx.audit.resources:
-        ctx.audit.touch(reference)
-    ctx.audit.patients.update(entry.ctx.audit.patients)
+async def _paced(entries: Iterable[Entry]) -> AsyncIterator[Entry]:
+    """`entries`, handing the event loop to other requests every `YIELD_EVERY` of them: an entry's
+    step may be CPU work only (validation, rewriting), and a Bundle holds up to a thousand."""
+    for position, entry in enumerate(entries):
+        if position and position % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        yield entry
+
+
+def _bundle_facts(ctx: InteractionContext, entries: Iterable[Entry], count: int) -> InteractionFacts:
+    """The facts of the Bundle's own AuditEvents: each patient's event names her entries only.
+
+    An entry's references are those its own event names (none for a search or history: BALP
+    minimal), attributed to the patients of that entry; an entry of no patient is named by the
+    event without patient. Linear in the entries, where naming every entry in every patient's
+    event would grow as entries x patients.
+    """
+    per_patient: dict[str, dict[str, None]] = {}
+    unassigned: dict[str, None] = {}
+    for entry in entries:
+        audit = entry.ctx.audit
+        if entry.ctx.interaction.is_search or entry.ctx.interaction.is_history:
+            references: list[str] = []
+        else:
+            references = audit.resources
+        for patient in audit.patients:
+            per_patient.setdefault(patient, {}).update(dict.fromkeys(references))
+        if not audit.patients:
+            unassigned.update(dict.fromkeys(references))
+    return dataclasses.replace(
+        facts_of(ctx, 200, outcome_desc=None),
+        patient_ids=tuple(sorted(per_patient.keys() | ctx.audit.patients)),
+        resources=tuple(unassigned),
+        patient_resources={patient: tuple(references) for patient, references in per_patient.items()},
+        bundle_entries=count,
+    )
 
 
 async def _assign_identity(entry: Entry, services: Services, references: dict[str, str]) -> None:
@@ -440,9 +497,11 @@ def _entry_handler(entry: Entry, issues: list[Issue] | None = None) -> Handler:
 async def _batch(
     ctx: InteractionContext, services: Services, entries: list[Entry], invalid: dict[int, list[Issue]]
 ) -> FhirResponse:
-    for entry in entries:
+    async for entry in _paced(entries):
         entry.result = await serve(services, entry.ctx, _entry_handler(entry, invalid.get(entry.index)))
-        _touch_parent(ctx, entry)
+    # The batch's own events, recorded here (not by the pipeline) to name each patient's entries only.
+    await services.audit.record(build_audit_events(_bundle_facts(ctx, entries, len(entries))))
+    ctx.audit.recorded = True
     return FhirResponse(
         200, make_bundle("batch-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries])
     )

@@ -65,6 +65,8 @@ ANONYMOUS_READ_AGENTS: list[AgentKey] = [(("110150",), True), (("110153",), Fals
 PATIENT_ENTITY: EntityKey = ("1", "1", "Patient/{patient}")
 REQUEST_ENTITY: EntityKey = ("XrequestId", "", "{request}")
 QUERY_ENTITY: EntityKey = ("2", "24", "query")
+BUNDLE_ENTITY: EntityKey = ("Bundle", "", "?")
+"""The Bundle of a batch or transaction, described (it is not stored), in the Bundle's own events."""
 
 
 def data(reference: str) -> EntityKey:
@@ -757,6 +759,7 @@ async def test_transaction_records_one_event_per_entry_and_one_for_the_bundle(se
                     PATIENT_ENTITY,
                     data("Patient/{patient}"),
                     data("DocumentReference/{document}"),
+                    BUNDLE_ENTITY,
                     REQUEST_ENTITY,
                 ],
             }
