@@ -12,7 +12,7 @@ ignoring it would answer a wider search than the one asked.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -282,76 +282,163 @@ def parse_search(
     """Parse a type-level (`resource_type`) or system-level (None) search.
 
     Raises FhirError 400 for malformed values, and for unknown/unsupported parameters when `strict`.
+    Each parameter goes to the parser of its kind (`_handler`), in request order.
     """
     parser = _Parser(registry, base_url=base_url, now=now or datetime.now(UTC))
-    types: tuple[str, ...] = ()
-    if resource_type is None:
-        for name, raw in params:
-            if name == "_type":
-                types += tuple(item.strip() for item in raw.split(",") if item.strip())
-        unknown = [
-            item for item in types if item not in parser.known_types and not registry.parameters_for(item)
-        ]
-        if unknown:
-            raise parser.malformed("_type", f"unknown resource type(s) {', '.join(unknown)}")
+    types = _system_types(parser, params) if resource_type is None else ()
     scope = resource_type or (types[0] if len(types) == 1 else ANY_TYPE)
-    clauses: list[Clause | HasClause] = []
-    includes: list[Include] = []
-    issues: list[Issue] = []
-    applied: list[tuple[str, str]] = []
-    options: dict[str, Any] = {}
+    found = _Found(resource_type, types, scope)
     for name, raw in params:
         raw = raw.strip()
         try:
-            if name in IGNORED or name == "_type":
-                if name == "_type":
-                    applied.append((name, raw))
-                continue
-            if name == "_cursor":
-                options["cursor"] = raw
-                continue
-            if name.split(":")[0] in UNSUPPORTED_RESULT:
-                raise _Unsupported(f"{name} is not supported")
-            if name == "_count":
-                if not raw.isdigit():
-                    raise parser.malformed(name, "expected a non-negative integer")
-                options["count"] = min(int(raw), MAX_COUNT)
-            elif name == "_total":
-                if raw not in TOTAL_MODES:
-                    raise parser.malformed(name, f"expected one of {', '.join(sorted(TOTAL_MODES))}")
-                options["total"] = raw
-            elif name == "_summary":
-                if raw not in SUMMARY_MODES:
-                    raise parser.malformed(name, f"expected one of {', '.join(sorted(SUMMARY_MODES))}")
-                options["summary"] = None if raw == "false" else raw
-            elif name == "_elements":
-                elements = tuple(item.strip() for item in raw.split(",") if item.strip())
-                if not elements or not all(_ELEMENT.fullmatch(item) for item in elements):
-                    raise parser.malformed(name, "expected a comma-separated list of element names")
-                options["elements"] = elements
-            elif name == "_sort":
-                options["sort"] = parser.sort(scope, name, raw)
-            elif name.startswith(("_include", "_revinclude")):
-                includes.append(parser.include((resource_type,) if resource_type else types, name, raw))
-            elif not raw:
-                continue
-            else:
-                if resource_type is None and name.startswith("_has"):
-                    raise _Unsupported("_has needs a resource type")
-                clauses.append(parser.clause(scope, name, raw))
-            applied.append((name, raw))
+            if _handler(name)(parser, found, name, raw):
+                found.applied.append((name, raw))
         except _Unsupported as error:
             if strict:
                 raise FhirError.of(
                     400, "not-supported", f"Unsupported search parameter {name}: {error}", expression=(name,)
                 ) from None
-            issues.append(Issue("warning", "not-supported", f"Parameter {name} ignored: {error}", (name,)))
+            found.issues.append(
+                Issue("warning", "not-supported", f"Parameter {name} ignored: {error}", (name,))
+            )
     return SearchRequest(
         resource_type=resource_type,
-        clauses=tuple(clauses),
+        clauses=tuple(found.clauses),
         types=types,
-        includes=tuple(includes),
-        issues=tuple(issues),
-        applied=tuple(applied),
-        **options,
+        includes=tuple(found.includes),
+        issues=tuple(found.issues),
+        applied=tuple(found.applied),
+        **found.options,
     )
+
+
+def _system_types(parser: _Parser, params: Sequence[tuple[str, str]]) -> tuple[str, ...]:
+    """The types a system-level search names in `_type` (400 for a type this server does not know)."""
+    types: tuple[str, ...] = ()
+    for name, raw in params:
+        if name == "_type":
+            types += tuple(item.strip() for item in raw.split(",") if item.strip())
+    unknown = [
+        item for item in types if item not in parser.known_types and not parser.registry.parameters_for(item)
+    ]
+    if unknown:
+        raise parser.malformed("_type", f"unknown resource type(s) {', '.join(unknown)}")
+    return types
+
+
+@dataclass
+class _Found:
+    """What the parameters parsed so far contribute to the SearchRequest."""
+
+    resource_type: str | None
+    types: tuple[str, ...]
+    scope: str
+    """The type clauses and sort keys are looked up on (ANY_TYPE for a multi-type system search)."""
+    clauses: list[Clause | HasClause] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    applied: list[tuple[str, str]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_Handler = Callable[[_Parser, _Found, str, str], bool]
+"""Parses one parameter into `_Found`; True when the parameter counts as applied (the `self` link)."""
+
+
+def _handler(name: str) -> _Handler:
+    """The parser of a parameter's kind: a result control, an include, `_has`, or a criterion."""
+    control = _CONTROLS.get(name)
+    if control is not None:
+        return control
+    if name.split(":")[0] in UNSUPPORTED_RESULT:
+        return _unsupported
+    if name.startswith(("_include", "_revinclude")):
+        return _include
+    if name.startswith("_has"):
+        return _has
+    return _criterion
+
+
+def _ignored(_parser: _Parser, _found: _Found, _name: str, _raw: str) -> bool:
+    return False
+
+
+def _type(_parser: _Parser, _found: _Found, _name: str, _raw: str) -> bool:
+    """Read before the other parameters (`_system_types`); only kept for the `self` link here."""
+    return True
+
+
+def _cursor(_parser: _Parser, found: _Found, _name: str, raw: str) -> bool:
+    found.options["cursor"] = raw
+    return False
+
+
+def _count(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    if not raw.isdigit():
+        raise parser.malformed(name, "expected a non-negative integer")
+    found.options["count"] = min(int(raw), MAX_COUNT)
+    return True
+
+
+def _total(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    if raw not in TOTAL_MODES:
+        raise parser.malformed(name, f"expected one of {', '.join(sorted(TOTAL_MODES))}")
+    found.options["total"] = raw
+    return True
+
+
+def _summary(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    if raw not in SUMMARY_MODES:
+        raise parser.malformed(name, f"expected one of {', '.join(sorted(SUMMARY_MODES))}")
+    found.options["summary"] = None if raw == "false" else raw
+    return True
+
+
+def _elements(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    elements = tuple(item.strip() for item in raw.split(",") if item.strip())
+    if not elements or not all(_ELEMENT.fullmatch(item) for item in elements):
+        raise parser.malformed(name, "expected a comma-separated list of element names")
+    found.options["elements"] = elements
+    return True
+
+
+def _sort(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    found.options["sort"] = parser.sort(found.scope, name, raw)
+    return True
+
+
+def _unsupported(_parser: _Parser, _found: _Found, name: str, _raw: str) -> bool:
+    raise _Unsupported(f"{name} is not supported")
+
+
+def _include(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    searched = (found.resource_type,) if found.resource_type else found.types
+    found.includes.append(parser.include(searched, name, raw))
+    return True
+
+
+def _has(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    if raw and found.resource_type is None:
+        raise _Unsupported("_has needs a resource type")
+    return _criterion(parser, found, name, raw)
+
+
+def _criterion(parser: _Parser, found: _Found, name: str, raw: str) -> bool:
+    """A search parameter of the type (plain, modified or chained); an empty value is no criterion."""
+    if not raw:
+        return False
+    found.clauses.append(parser.clause(found.scope, name, raw))
+    return True
+
+
+_CONTROLS: Mapping[str, _Handler] = {
+    **{name: _ignored for name in IGNORED},
+    "_type": _type,
+    "_cursor": _cursor,
+    "_count": _count,
+    "_total": _total,
+    "_summary": _summary,
+    "_elements": _elements,
+    "_sort": _sort,
+}
+"""The result parameters, by exact name."""
