@@ -27,8 +27,8 @@ from fhir_server.auth import discovery
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
+from fhir_server.interactions.includes import SEARCHABLE_TYPES, includes_for, revincludes_for
 from fhir_server.interactions.response import FhirResponse
-from fhir_server.interactions.search import SEARCHABLE_TYPES, includes_for, revincludes_for
 from fhir_server.interactions.services import Services
 from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.search.registry import ANY_TYPE, SearchRegistry
