@@ -7,7 +7,7 @@ exercises each one, conformance_tests/test_capability.py):
   create, update, patch, delete and the conditional ones for CLIENT_WRITABLE_TYPES; search and
   history for all but REACHED_THROUGH_DOCUMENTS (Binary is reached through its DocumentReference).
 - search parameters: the registry (`capability/search-parameters.json`); `searchInclude` and
-  `searchRevInclude`: the reference parameters the include code follows (interactions/search.py).
+  `searchRevInclude`: the reference parameters the include code follows (interactions/includes.py).
 - operations: the API routes whose last path segment is `$name`, passed in by the API layer, named
   by OPERATIONS (a route without an entry there is an error, not a silent omission).
 - `capability/CapabilityStatement.json`: the prose only (publisher, descriptions, per-type notes).
