@@ -199,9 +199,8 @@ class Story:
         path = step.path.format_map(self.made)
         params = {key: value.format_map(self.made) for key, value in (step.params or {}).items()} or None
         body = step.body(self.made) if step.body is not None else None
-        self.out.write(
-            f"\n{self.number:>2}. {step.title}\n    [{step.actor.name if step.actor else CLAIRE}]\n"
-        )
+        actor = step.actor.name if step.actor else CLAIRE
+        self.out.write(f"\n{self.number:>2}. {step.title}\n    [{actor}]\n")
         query = "?" + "&".join(f"{key}={value}" for key, value in params.items()) if params else ""
         self.out.write(f"    → {step.method} /fhir/{path}{query}\n")
         headers = {"Authorization": f"Bearer {self.token(step.actor)}", "Accept": FHIR_JSON}
@@ -212,6 +211,11 @@ class Story:
             content = json.dumps(body).encode()
         response = self.client.request(step.method, path, params=params, content=content, headers=headers)
         payload = _json(response)
+        self._judge(step, response, payload)
+        return payload
+
+    def _judge(self, step: Step, response: httpx.Response, payload: dict[str, Any]) -> None:
+        """Print the outcome, marked as promised or not; record a difference as a failure."""
         ok, shown = response.status_code == step.expect, summary(payload)
         if ok and step.check is not None:
             ok, shown = step.check(payload, self.made)
@@ -223,7 +227,6 @@ class Story:
         if not ok:
             got = f"got {response.status_code} {shown}"
             self.failures.append(f"step {self.number} ({step.title}): expected {step.expect}, {got}")
-        return payload
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
