@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from pymongo.monitoring import CommandListener
 from starlette.responses import JSONResponse, Response
 
 from fhir_server import validation
 from fhir_server.api import errors, routes
 from fhir_server.api.limits import RequestLimits
+from fhir_server.audit.index import AuditIndexer
 from fhir_server.audit.sink import MongoAuditSink
 from fhir_server.auth import discovery
 from fhir_server.auth.tokens import TokenVerifier, load_jwks
@@ -42,7 +44,13 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
         log.warning("%s: no answer from the database within %.0f s, gave up", what, CLOSE_TIMEOUT_SECONDS)
 
 
-def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    event_listeners: Sequence[CommandListener] = (),
+) -> FastAPI:
     base_url = settings.resolved_base_url(host, port)
 
     @asynccontextmanager
@@ -53,7 +61,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             embedded = EmbeddedDatabase(settings.data_dir.resolve() / "embedded-db").start()
             uri = embedded.uri
             log.info("embedded database listening on %s", uri)
-        client = open_client(uri)
+        client = open_client(uri, event_listeners=event_listeners)
         try:
             database = client[settings.database]
             validation.warm_up()
@@ -61,7 +69,7 @@ def create_app(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080)
             repository = Repository(client, database, extract=registry.extract)
             await repository.ensure_indexes(SUPPORTED_TYPES, registry.index_keys)
             await migrate_binary_owners(repository, base_url=base_url)
-            audit = MongoAuditSink(database, extract=registry.extract)
+            audit = MongoAuditSink(database, extract=AuditIndexer(registry))
             await audit.ensure_indexes()
             verifier = TokenVerifier(
                 load_jwks(settings),

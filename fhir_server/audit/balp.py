@@ -13,7 +13,8 @@ Choices the profiles leave open, and what this module does:
   Concerned: the compartments of the resources the request read or wrote, the patients a search
   names (even when it found nothing), and the patients of a refused access.
 - a patient's own trail is the same whether a target she names exists or not, so that it never
-  reveals another record (docs/audit.md): when the requestor is a patient, her user agent names her
+  reveals another record (docs/audit.md): when the requestor is a patient (`fhirUser` Patient,
+  whatever the token's scopes), her user agent names her
   by reference (which puts the event in her compartment) only in events about her own record or
   about no record; the event recorded for another patient names her by identifier only, and a
   refused access adds no patient to her own events (her attempt is recorded without patient entity).
@@ -188,7 +189,7 @@ def outcome_of(status: int) -> str:
 def build_audit_events(facts: InteractionFacts) -> list[dict[str, Any]]:
     """The AuditEvents of one interaction: one per patient concerned, or one when none is."""
     principal = facts.principal
-    self_id = principal.patient if principal is not None and principal.is_patient else None
+    self_id = _patient_user(principal)
     if self_id is None:
         patients: list[str | None] = list(dict.fromkeys((*facts.patient_ids, *facts.refused_patient_ids)))
         return [_event(facts, patient) for patient in patients or [None]]
@@ -199,6 +200,15 @@ def build_audit_events(facts: InteractionFacts) -> list[dict[str, Any]]:
         *(_event(facts, patient) for patient in own),
         *(_event(facts, patient, requestor_by_reference=False) for patient in others),
     ]
+
+
+def _patient_user(principal: Principal | None) -> str | None:
+    """The patient the user is (`fhirUser` Patient/<id>), whatever the token's scopes: her user agent
+    names her by reference, which puts an event in her compartment."""
+    user = principal.fhir_user if principal is not None else None
+    if user is None or not user.startswith("Patient/"):
+        return None
+    return user.removeprefix("Patient/") or None
 
 
 def _event(

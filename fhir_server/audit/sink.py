@@ -25,8 +25,9 @@ head or a MongoDB write conflict, and the transaction aborts with nothing writte
 Group commit: calls without a transaction are queued; one writer task per sink takes everything
 queued, links it chain by chain and stores it with one `insert_many` and one head `bulk_write` in
 one short transaction, then wakes each caller. Under load a batch holds the records that arrived
-while the previous one was written; when idle a record is written at once. The writer caches chain
-heads (LRU) so a batch costs no read; a stale cache only costs a retry.
+while the previous one was written; when idle a record is written at once. Chain heads are cached
+(LRU), for the group writer and inside callers' transactions alike, so an append costs no read; a
+stale cache only costs a retry (a rerun of the caller's transaction, inside one).
 """
 
 from __future__ import annotations
@@ -184,16 +185,17 @@ class MongoAuditSink:
     async def _append_in_transaction(self, records: list[_Prepared], session: AsyncClientSession) -> None:
         keys = list(dict.fromkeys(record.key for record in records))
         try:
-            heads = await self._load_heads(keys, session)
-            await self._store(records, heads, session)
+            heads = await self._heads_for(keys, session)
+            new_heads = await self._store(records, heads, session)
         except (_StaleHead, PyMongoError) as error:
+            self._forget(keys)
             if _contended(error):
                 raise AuditChainConflict(f"audit chain contention: {error}") from error
             raise AuditUnavailable(f"cannot store the AuditEvent: {error}") from error
-        finally:
-            # The transaction may still abort: let the group writer read these heads afresh.
-            for key in keys:
-                self._cache.pop(key, None)
+        # Remembered before the caller commits: if its transaction aborts, the next append finds the
+        # head moved (its conditional update matches nothing) and reloads, as after any stale cache.
+        for key, head in new_heads.items():
+            self._remember(key, head)
 
     # -- group commit -----------------------------------------------------------------------------
 
@@ -252,10 +254,7 @@ class MongoAuditSink:
     async def _write_batch_once(self, records: list[_Prepared], keys: list[str]) -> dict[str, ChainLink]:
         async with self._database.client.start_session() as session:
             await session.start_transaction()
-            missing = [key for key in keys if key not in self._cache]
-            heads: dict[str, ChainLink | None] = {key: self._cache[key] for key in keys if key in self._cache}
-            if missing:
-                heads.update(await self._load_heads(missing, session))
+            heads = await self._heads_for(keys, session)
             new_heads = await self._store(records, heads, session)
             await self._commit(session)
             return new_heads
@@ -281,6 +280,14 @@ class MongoAuditSink:
             self._cache.pop(key, None)
 
     # -- shared -----------------------------------------------------------------------------------
+
+    async def _heads_for(self, keys: list[str], session: AsyncClientSession) -> dict[str, ChainLink | None]:
+        """The chain heads, from the cache where it has them (a stale one only costs a retry)."""
+        heads: dict[str, ChainLink | None] = {key: self._cache[key] for key in keys if key in self._cache}
+        missing = [key for key in keys if key not in heads]
+        if missing:
+            heads.update(await self._load_heads(missing, session))
+        return heads
 
     async def _load_heads(self, keys: list[str], session: AsyncClientSession) -> dict[str, ChainLink | None]:
         heads: dict[str, ChainLink | None] = dict.fromkeys(keys)

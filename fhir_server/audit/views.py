@@ -9,6 +9,10 @@ query. Those entities are left out of the event served to her, and the event is 
 computed on the way out, from the current state of the resources it names, so a label added after the
 event was recorded still hides the resource.
 
+A query entity (the raw request of a search) that names another patient — by id or by identifier,
+such as the INS of a professional's `Patient?identifier=<hers>,<another's>` — is left out the same
+way: her copy of an event never carries another patient's identity.
+
 Events she requested herself are served whole: they name only what she typed or was served, and
 redacting them would tell an existing hidden resource from an unknown id (balp.py keeps her own
 requests about other records out of her compartment).
@@ -33,6 +37,8 @@ Readable = Callable[[str, Sequence[str]], Awaitable[set[str]]]
 """Of these ids of one resource type, those the patient may read now (current version)."""
 Hidden = Callable[[], Awaitable[set[str]]]
 """Ids of the resources of her compartment that she may not read (INVISIBLE_PATIENT)."""
+Foreign = Callable[[str], Awaitable[bool]]
+"""Whether a recorded query (decoded: method and target) names a patient other than her."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class PatientView:
     """References (`Type/id`) named by the events that she may not read."""
     hidden_ids: frozenset[str]
     """Ids she may not read, which no query entity shown to her may contain."""
+    foreign_queries: frozenset[str] = frozenset()
+    """Query entities (base64, as stored) that name another patient: never shown to her."""
 
     def show(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """The event as served to her: unchanged when she requested it or it names nothing hidden."""
@@ -67,7 +75,9 @@ class PatientView:
         if reference is not None and reference in self.unreadable:
             return True
         query = entity.get("query")
-        return isinstance(query, str) and bool(_query_tokens(query) & self.hidden_ids)
+        if not isinstance(query, str):
+            return False
+        return query in self.foreign_queries or bool(_query_tokens(query) & self.hidden_ids)
 
 
 def requested_by(event: Mapping[str, Any], patient_id: str) -> bool:
@@ -101,8 +111,10 @@ async def patient_view(
     types: Iterable[str],
     readable: Readable,
     hidden: Hidden,
+    foreign: Foreign,
 ) -> PatientView:
-    """The view of `events` for the patient: references of `types` are looked up, others never shown."""
+    """The view of `events` for the patient: references of `types` are looked up, others never shown;
+    a query entity naming another patient (by id or identifier, such as an INS) is left out."""
     known = set(types)
     unreadable: set[str] = set()
     for resource_type, ids in named_references(events, patient_id).items():
@@ -110,7 +122,19 @@ async def patient_view(
         unreadable.update(f"{resource_type}/{item}" for item in ids - visible)
     hidden_ids = await hidden() if events else set()
     hidden_ids |= {reference.partition("/")[2] for reference in unreadable}
-    return PatientView(patient_id, frozenset(unreadable), frozenset(hidden_ids))
+    foreign_queries = {query for query in _queries(events, patient_id) if await foreign(_decoded(query))}
+    return PatientView(patient_id, frozenset(unreadable), frozenset(hidden_ids), frozenset(foreign_queries))
+
+
+def _queries(events: Iterable[Mapping[str, Any]], patient_id: str) -> set[str]:
+    """The query entities of the events she did not request."""
+    return {
+        entity["query"]
+        for event in events
+        if not requested_by(event, patient_id)
+        for entity in event.get("entity") or []
+        if isinstance(entity, Mapping) and isinstance(entity.get("query"), str)
+    }
 
 
 def _reference(entity: Mapping[str, Any]) -> str | None:
@@ -123,10 +147,14 @@ def _reference(entity: Mapping[str, Any]) -> str | None:
     return f"{parts[-2]}/{parts[-1]}" if len(parts) >= 2 and parts[-2] and parts[-1] else None
 
 
+def _decoded(query: str) -> str:
+    """The text of a base64 query entity; empty when it is not base64."""
+    try:
+        return base64.b64decode(query, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return ""
+
+
 def _query_tokens(query: str) -> set[str]:
     """The id-shaped tokens of a base64 query entity (an id it names is one of them)."""
-    try:
-        text = base64.b64decode(query, validate=True).decode("utf-8", "replace")
-    except (binascii.Error, ValueError):
-        return set()
-    return set(_TOKEN.findall(unquote(text)))
+    return set(_TOKEN.findall(unquote(_decoded(query))))

@@ -52,7 +52,13 @@ class ScopeLimits:
     async def confinement(
         self, principal: Principal, interaction: Interaction, resource_type: str
     ) -> Confinement:
-        scopes = permitted_scopes(principal.scopes, interaction, resource_type, patient=principal.patient)
+        scopes = permitted_scopes(
+            principal.scopes,
+            interaction,
+            resource_type,
+            patient=principal.patient,
+            system=principal.is_system,
+        )
         alternatives: list[Mapping[str, Any]] = []
         for scope in scopes:
             limit = await self._scope_filter(scope, principal, resource_type)

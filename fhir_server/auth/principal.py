@@ -62,15 +62,37 @@ class Principal:
 
     @property
     def is_patient(self) -> bool:
-        """A patient acting for their own record: patient-context scopes and no professional identity."""
+        """The patient acting for their own record: a `patient/` scope and `fhirUser` = that patient.
+
+        Fail closed: a token without `fhirUser` is not the patient, whatever its `patient` claim (a
+        professional's SMART EHR launch carries the patient in context, not as its user).
+        """
         if self.patient is None or not any(scope.context == "patient" for scope in self.scopes):
             return False
-        return self.fhir_user is None or self.fhir_user == f"Patient/{self.patient}"
+        return self.fhir_user == f"Patient/{self.patient}"
+
+    @property
+    def has_user(self) -> bool:
+        """A person stands behind the token: a `fhirUser`, a launch patient or an IUA person claim."""
+        return any(
+            (
+                self.fhir_user,
+                self.patient,
+                self.name,
+                self.roles,
+                self.national_provider_identifier,
+                self.person_id,
+            )
+        )
 
     @property
     def is_system(self) -> bool:
-        """A backend client (regional platform, harness) with `system/` scopes and no user."""
-        return any(scope.context == "system" for scope in self.scopes) and not self.is_patient
+        """A backend client (regional platform, harness): `system/` scopes and no user at all.
+
+        SMART Backend Services: `system/` scopes are for a client acting on its own behalf; a user's
+        token that carries them gets nothing from them (auth/scopes.py: permitted_scopes).
+        """
+        return any(scope.context == "system" for scope in self.scopes) and not self.has_user
 
     @property
     def breaks_the_glass(self) -> bool:

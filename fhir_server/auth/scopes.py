@@ -74,11 +74,17 @@ def granting_scopes(
 
 
 def permitted_scopes(
-    scopes: tuple[Scope, ...], interaction: Interaction, resource_type: str, *, patient: str | None
+    scopes: tuple[Scope, ...],
+    interaction: Interaction,
+    resource_type: str,
+    *,
+    patient: str | None,
+    system: bool,
 ) -> tuple[Scope, ...]:
     """The scopes that let this token do `interaction` on `resource_type`: empty means 403.
 
-    `patient/` scopes count only with a patient in context (`patient`, the token's claim). Reading or
+    `patient/` scopes count only with a patient in context (`patient`, the token's claim); `system/`
+    scopes only for a backend client without a user (`system`, Principal.is_system). Reading or
     searching the audit trail needs a scope that names AuditEvent (or a `system/`/`patient/` wildcard):
     `user/*` does not open it.
     """
@@ -87,5 +93,6 @@ def permitted_scopes(
         scope
         for scope in granting_scopes(scopes, interaction, resource_type)
         if (scope.context != "patient" or patient)
+        and (scope.context != "system" or system)
         and not (audit_read and scope.context == "user" and scope.resource_type == "*")
     )

@@ -2,12 +2,21 @@
 
 `none`, HMAC and every algorithm outside RS256/ES256 are refused before any key is looked up.
 https://www.rfc-editor.org/rfc/rfc8725 (JWT best current practices)
+
+Verified tokens are remembered (the signature check is most of the cost of authenticating a request),
+keyed by the SHA-256 of the token, in a bounded LRU. An entry is used only until the token's `exp`
+(without the verification leeway, so it never outlives the token), and replacing the key set
+(`use_keys`, a JWKS refresh that may drop a revoked key) forgets every entry. Failures are never
+remembered: a refused token is checked again on each request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,7 @@ ALLOWED_ALGORITHMS = ("RS256", "ES256")
 _KEY_TYPE_OF = {"RS256": "RSA", "ES256": "EC"}
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "client_id", "jti")
 LEEWAY_SECONDS = 30
+CACHE_SIZE = 10_000
 
 
 def load_jwks(settings: Settings) -> dict[str, Any]:
@@ -39,11 +49,28 @@ def load_jwks(settings: Settings) -> dict[str, Any]:
 
 
 class TokenVerifier:
-    def __init__(self, jwks: Mapping[str, Any], *, audience: str, issuer: str | None = None) -> None:
-        usable = {"keys": [key for key in jwks.get("keys", []) if key.get("kty") in ("RSA", "EC")]}
-        self._keys = PyJWKSet.from_dict(usable).keys if usable["keys"] else []
+    def __init__(
+        self,
+        jwks: Mapping[str, Any],
+        *,
+        audience: str,
+        issuer: str | None = None,
+        cache_size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._audience = audience
         self._issuer = issuer
+        self._cache_size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
+        self._keys: list[PyJWK] = []
+        self.use_keys(jwks)
+
+    def use_keys(self, jwks: Mapping[str, Any]) -> None:
+        """Trust `jwks` from now on; tokens verified with the previous keys are verified again."""
+        usable = {"keys": [key for key in jwks.get("keys", []) if key.get("kty") in ("RSA", "EC")]}
+        self._keys = PyJWKSet.from_dict(usable).keys if usable["keys"] else []
+        self._cache.clear()
 
     def _key_for(self, header: Mapping[str, Any]) -> PyJWK:
         kid = header.get("kid")
@@ -57,6 +84,27 @@ class TokenVerifier:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The verified claims; any failure is a 401 FhirError carrying WWW-Authenticate."""
+        key = hashlib.sha256(token.encode("utf-8")).digest()
+        cached = self._cache.get(key)
+        if cached is not None:
+            claims, expires = cached
+            if self._clock() < expires:
+                self._cache.move_to_end(key)
+                return dict(claims)
+            del self._cache[key]
+        claims = self._verify(token)
+        self._remember(key, claims)
+        return dict(claims)
+
+    def _remember(self, key: bytes, claims: dict[str, Any]) -> None:
+        expires = claims.get("exp")
+        if isinstance(expires, bool) or not isinstance(expires, int | float) or self._cache_size <= 0:
+            return
+        self._cache[key] = (claims, float(expires))
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:

@@ -87,8 +87,13 @@ def decide(
 
 
 def needs_consents(request: AccessRequest) -> bool:
-    """False when no consent can change the decision (patient tokens, refused interactions)."""
-    return not request.principal.is_patient and request.interaction in ACTION_OF
+    """False when no consent can change the decision: patient tokens, interactions without a consent
+    action, and the fixed rules that decide a whole type for the caller (writers.py: e.g. a `system/`
+    identity manager reading a Patient, anyone but the patient touching the audit trail)."""
+    action = ACTION_OF.get(request.interaction)
+    if request.principal.is_patient or action is None:
+        return False
+    return role_rule(request.principal, action, request.resource_type) is None
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 from fhir_server import __version__
 from fhir_server.auth import discovery
 from fhir_server.fhir.interaction import Interaction
-from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES, SUPPORTED_TYPES
+from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES, PATIENT, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.includes import SEARCHABLE_TYPES, includes_for, revincludes_for
 from fhir_server.interactions.response import FhirResponse
@@ -132,6 +132,13 @@ def _operation(name: str, text: OperationText) -> dict[str, Any]:
     return entry
 
 
+CLIENT_CHOSEN_IDS = (
+    "The server assigns ids: a PUT on an unknown id creates only for `system/` clients the patient's "
+    "consent permits (identity managers and platforms syncing a record); for other clients it is 404 "
+    "(docs/consent.md, hidden is absent)."
+)
+
+
 def _resource(
     registry: SearchRegistry, resource_type: str, operations: list[tuple[str, OperationText]]
 ) -> dict[str, Any]:
@@ -142,12 +149,14 @@ def _resource(
         "interaction": [{"code": str(interaction)} for interaction in interactions_for(resource_type)],
         "versioning": "versioned-update" if writable else "versioned",
         "readHistory": writable,
-        "updateCreate": writable,
+        "updateCreate": resource_type == PATIENT,
         "conditionalCreate": writable,
         "conditionalRead": "not-supported",
         "conditionalUpdate": writable,
         "conditionalDelete": "single" if writable else "not-supported",
     }
+    if writable and resource_type != PATIENT:
+        entry["documentation"] = CLIENT_CHOSEN_IDS
     if resource_type in SEARCHABLE_TYPES:
         entry["searchInclude"] = includes_for(registry, resource_type)
         entry["searchRevInclude"] = revincludes_for(registry, resource_type)

@@ -287,7 +287,7 @@ def resolve(method: str, path: str, *, entry: bool = False) -> Resolved:
     stripped = path.strip("/")
     segments = stripped.split("/") if stripped else []
     shown = f"{method} {path or '/'}"
-    if (entry and not segments) or "" in segments:
+    if "" in segments:
         return _refusal(method, FhirError.of(404, "not-found", f"{shown}: no such resource or interaction"))
     allowed: set[str] = set()
     undeclared: str | None = None

@@ -28,7 +28,7 @@ import orjson
 from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed, not_found
 from fhir_server.fhir.resources import REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
-from fhir_server.interactions import trail
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.pipeline import check_scope
 from fhir_server.interactions.response import FhirResponse
@@ -104,7 +104,7 @@ async def history(ctx: InteractionContext, services: Services) -> FhirResponse:
         key = last.id if last.resource_type in UNVERSIONED_TYPES else f"{last.id}/{last.version}"
         token = _encode_cursor(last.last_updated, key)
         links.append(("next", _url(path, [*kept, (CURSOR_PARAMETER, token)])))
-    entries = [_entry(ctx, stored) for stored in await trail.served(ctx, services, page)]
+    entries = [_entry(ctx, stored) for stored in await views.served(ctx, services, page)]
     return FhirResponse(200, bundle("history", now=ctx.now, entries=entries, links=links))
 
 

@@ -91,7 +91,9 @@ def check_scope(ctx: InteractionContext, resource_type: str | None = None) -> No
     target = resource_type or ctx.resource_type
     if target is None or ctx.interaction not in PERMISSION_OF:
         return
-    if not permitted_scopes(principal.scopes, ctx.interaction, target, patient=principal.patient):
+    if not permitted_scopes(
+        principal.scopes, ctx.interaction, target, patient=principal.patient, system=principal.is_system
+    ):
         raise forbidden(f"No granted scope permits {ctx.interaction} on {target}")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.errors import FhirError, not_found
 from fhir_server.fhir.resources import BINARY
-from fhir_server.interactions import binary, trail
+from fhir_server.interactions import binary, views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.render import resource_response
 from fhir_server.interactions.response import FhirResponse
@@ -80,7 +80,7 @@ def _access(ctx: InteractionContext, services: Services) -> GuardProvider:
 async def _answer(ctx: InteractionContext, services: Services, stored: StoredResource) -> FhirResponse:
     if stored.resource_type == BINARY:
         return await binary.render(ctx, services, stored)
-    [shown] = await trail.served(ctx, services, [stored])
+    [shown] = await views.served(ctx, services, [stored])
     return resource_response(shown, status=200)
 
 

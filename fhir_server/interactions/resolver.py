@@ -2,6 +2,7 @@
 
 A sub-query searches a type the token may search (403 otherwise: matching nothing instead would
 silently answer another question), and only what the caller's consent and scopes leave visible.
+`compile_criteria` is the one way a door turns a request's criteria into a database filter.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any
 from fhir_server.auth.scopes import permitted_scopes
 from fhir_server.fhir.errors import FhirError, forbidden
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.services import Services
-from fhir_server.search.compile import ID_FIELD
+from fhir_server.search.compile import ID_FIELD, compile_filter
+from fhir_server.search.request import SearchRequest
 from fhir_server.storage.documents import StoredResource
 
 MAX_SUB_QUERY_MATCHES = 1000
@@ -58,10 +61,28 @@ class GuardedResolver:
         return values
 
 
+async def compile_criteria(
+    ctx: InteractionContext, services: Services, request: SearchRequest
+) -> dict[str, Any]:
+    """The database filter of a request's criteria, as this caller may ask them: criteria on what
+    the served view hides name only what the caller may read (interactions/views.py), and chained
+    and `_has` sub-queries run through the caller's guard."""
+    visible = await views.visible_criteria(ctx, services, request)
+    return await compile_filter(visible, resolve=GuardedResolver(ctx, services))
+
+
 def may(ctx: InteractionContext, interaction: Interaction, resource_type: str) -> bool:
     """A scope of the caller's token permits `interaction` on `resource_type` (auth/scopes.py)."""
     principal = ctx.require_principal()
-    return bool(permitted_scopes(principal.scopes, interaction, resource_type, patient=principal.patient))
+    return bool(
+        permitted_scopes(
+            principal.scopes,
+            interaction,
+            resource_type,
+            patient=principal.patient,
+            system=principal.is_system,
+        )
+    )
 
 
 def index_values(stored: StoredResource, code: str) -> list[str]:

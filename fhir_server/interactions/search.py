@@ -8,6 +8,9 @@ may read (`r`), and within them what its scopes confine it to; a type it may not
 included. A chain or `_has` that searches a type the token may not search is refused (403): matching
 nothing instead would silently answer another question.
 Paging is by keyset cursor (search/paging.py): `next`/`previous` links carry an opaque `_cursor`.
+`Bundle.total` costs a count query, run only for `_total=accurate` and `_summary=count`; otherwise
+the total is given when the page shows it exactly (a first page with no next one) and left out
+when it does not, as FHIR allows.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from urllib.parse import urlencode
 from fhir_server.fhir.bundles import bundle
 from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed, operation_outcome
 from fhir_server.fhir.resources import PATIENT, REACHED_THROUGH_DOCUMENTS, SUPPORTED_TYPES
-from fhir_server.interactions import trail
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.includes import included
 from fhir_server.interactions.pipeline import check_scope
-from fhir_server.interactions.resolver import GuardedResolver
+from fhir_server.interactions.resolver import GuardedResolver, compile_criteria
 from fhir_server.interactions.response import FhirResponse
 from fhir_server.interactions.services import Services
 from fhir_server.interactions.shaping import shaped
-from fhir_server.search.compile import ID_FIELD, compile_filter, compile_sort, conjunction
+from fhir_server.search.compile import ID_FIELD, compile_sort, conjunction
+from fhir_server.search.naming import naming
 from fhir_server.search.paging import (
     CURSOR_PARAMETER,
     NEXT,
@@ -170,23 +174,26 @@ async def _search(
     *,
     path: str,
 ) -> FhirResponse:
-    resolver = GuardedResolver(ctx, services)
-    criteria = await compile_filter(request, resolve=resolver)
+    # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
+    ctx.audit.patients.update(await named_patients(services, request))
+    criteria = await compile_criteria(ctx, services, request)
     sort = compile_sort(request, services.registry)
     cursor = decode_cursor(request.cursor, sort) if request.cursor else None
     guards = await _guards(ctx, services, request, types, criteria)
     total: int | None = None
-    if request.total != "none" or request.summary == "count":
+    if request.total == "accurate" or request.summary == "count":
         total = 0
         for resource_type in types:
             total += await services.repository.count(resource_type, criteria, guard=guards[resource_type])
     page, more = await _page(services, request, types, guards, criteria, sort, cursor)
+    if total is None and request.total != "none" and cursor is None and not more:
+        total = len(page)
 
     found = await included(ctx, services, request, page) if page and request.includes else []
     for stored in [*page, *found]:
         ctx.audit.touch(stored.reference, patients=stored.compartment)
-    page = await trail.served(ctx, services, page)
-    found = await trail.served(ctx, services, found)
+    page = await views.served(ctx, services, page)
+    found = await views.served(ctx, services, found)
 
     links = _links(request, sort, cursor, page, more=more, path=path)
     entries = [_entry(services, request, stored, mode="match") for stored in page]
@@ -213,14 +220,23 @@ async def _guards(
     names when it names some (`anchored_patients`)."""
     provider = services.access.provider(ctx, identity_lookup=is_identity_lookup(request))
     named = {resource_type: anchored_patients(resource_type, criteria) for resource_type in types}
-    guards = {
+    return {
         resource_type: await provider.guard(resource_type, patients=named[resource_type])
         for resource_type in types
     }
-    for patients in named.values():
-        # BALP patient-query: the patients a search names are concerned, even when it finds nothing.
-        ctx.audit.patients.update(patients or ())
-    return guards
+
+
+async def named_patients(services: Services, request: SearchRequest) -> set[str]:
+    """The patients the query names (search/naming.py), identifiers resolved to the Patient that holds
+    them whatever the caller may see: only to put the AuditEvent in their trails, never served."""
+    named = naming(request)
+    patients = set(named.ids)
+    parameter = services.registry.parameter(PATIENT, "identifier")
+    if named.identifiers and parameter is not None:
+        query = {parameter.field: {"$in": sorted(named.identifiers)}}
+        for compartment in await services.repository.compartments_where(PATIENT, query):
+            patients.update(compartment)
+    return patients
 
 
 async def _page(
@@ -300,4 +316,4 @@ def _entry(
     }
 
 
-__all__ = ["GuardedResolver", "search_system", "search_type"]
+__all__ = ["GuardedResolver", "compile_criteria", "search_system", "search_type"]

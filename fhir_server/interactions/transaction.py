@@ -45,6 +45,7 @@ from fhir_server.interactions.write import (
     plan_patch,
     plan_update,
     render_write,
+    serve_write,
 )
 from fhir_server.storage.binaries import Staging
 from fhir_server.storage.documents import StoredResource, instant
@@ -246,20 +247,28 @@ async def _transaction(
 
     await services.repository.in_transaction(work)
     ctx.audit.recorded = True
-    for entry in entries:
-        if entry.planned is not None and entry.planned.existing is not None:
-            entry.result = render_write(entry.ctx, entry.planned.existing, 200)
-        elif entry.planned is not None and entry.planned.apply is None and entry.result is None:
-            entry.result = FhirResponse(204)
-    for entry in entries:
-        if not entry.is_write:
-            entry.result = await serve(services, entry.ctx, _entry_handler(entry))
+    await _results(services, entries, writes)
     return FhirResponse(
         200,
         make_bundle(
             "transaction-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries]
         ),
     )
+
+
+async def _results(services: Services, entries: list[Entry], writes: list[Entry]) -> None:
+    """Each entry's response once committed: writes as served to their caller, then the reads."""
+    for entry in writes:
+        if entry.result is not None and entry.stored is not None:
+            entry.result = await serve_write(entry.ctx, services, entry.stored, entry.result.status)
+    for entry in entries:
+        if entry.planned is not None and entry.planned.existing is not None:
+            entry.result = await serve_write(entry.ctx, services, entry.planned.existing, 200)
+        elif entry.planned is not None and entry.planned.apply is None and entry.result is None:
+            entry.result = FhirResponse(204)
+    for entry in entries:
+        if not entry.is_write:
+            entry.result = await serve(services, entry.ctx, _entry_handler(entry))
 
 
 async def _check_documents(

@@ -44,7 +44,7 @@ from fhir_server.fhir.errors import (
 )
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import BINARY, CLIENT_WRITABLE_TYPES, DOCUMENT_REFERENCE
-from fhir_server.interactions import binary_access
+from fhir_server.interactions import binary_access, views
 from fhir_server.interactions.context import InteractionContext
 from fhir_server.interactions.matching import find_matches
 from fhir_server.interactions.pipeline import audited_write
@@ -432,7 +432,7 @@ def with_content(planned: Planned, staging: Staging) -> Planned:
 async def run_planned(ctx: InteractionContext, services: Services, planned: Planned) -> FhirResponse:
     """Run one planned write with its AuditEvent in one transaction and render the answer."""
     if planned.existing is not None:
-        return write_response(ctx, planned.existing, status=200)
+        return await serve_write(ctx, services, planned.existing, 200)
     apply = planned.apply
     if apply is None:
         return FhirResponse(204)
@@ -442,6 +442,15 @@ async def run_planned(ctx: InteractionContext, services: Services, planned: Plan
         return (stored, status), status
 
     stored, status = await audited_write(services, ctx, work)
+    return await serve_write(ctx, services, stored, status)
+
+
+async def serve_write(
+    ctx: InteractionContext, services: Services, stored: StoredResource | None, status: int
+) -> FhirResponse:
+    """The answer of a committed write, its representation as the caller may see it (views.py)."""
+    if stored is not None and not stored.deleted:
+        [stored] = await views.served(ctx, services, [stored])
     return render_write(ctx, stored, status)
 
 

@@ -6,7 +6,9 @@ Pure: no I/O. Unknown or unsupported parameters become warning issues on the req
 the default) or a 400 (`Prefer: handling=strict`); malformed values are always a 400 whose
 OperationOutcome names the parameter (`expression`). A modifier this server does not support on a
 parameter it knows is always a 400, lenient or not: R4 says a server SHALL reject it, since
-ignoring it would answer a wider search than the one asked.
+ignoring it would answer a wider search than the one asked. For the same reason the unsupported
+parameters that narrow a search (`_filter`, `_text`, `_content`, `_list`, `_query`, and `_has`
+without a resource type) are always a 400: ignored, they would widen the result.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ TOTAL_MODES = frozenset({"none", "estimate", "accurate"})
 SUMMARY_MODES = frozenset({"true", "count", "data", "false"})
 IGNORED = frozenset({"_format", "_pretty"})
 """Handled by the HTTP layer, not by search."""
-UNSUPPORTED_RESULT = frozenset(
-    {"_contained", "_containedType", "_score", "_text", "_content", "_list", "_query", "_filter"}
-)
+UNSUPPORTED_RESULT = frozenset({"_contained", "_containedType", "_score"})
+"""Unsupported result controls: ignoring them never widens what is returned (a warning if lenient)."""
+UNSUPPORTED_CRITERIA = frozenset({"_text", "_content", "_list", "_query", "_filter"})
+"""Unsupported criteria: ignoring them would widen the result, so they are a 400 whatever the handling."""
 
 _ELEMENT = re.compile(r"[a-z][A-Za-z0-9]*(\[x\])?")
 
@@ -66,9 +69,7 @@ def parse_search(
                 found.applied.append((name, raw))
         except Unsupported as error:
             if strict:
-                raise FhirError.of(
-                    400, "not-supported", f"Unsupported search parameter {name}: {error}", expression=(name,)
-                ) from None
+                raise _unsupported_parameter(name, str(error)) from None
             found.issues.append(
                 Issue("warning", "not-supported", f"Parameter {name} ignored: {error}", (name,))
             )
@@ -80,6 +81,13 @@ def parse_search(
         issues=tuple(found.issues),
         applied=tuple(found.applied),
         **found.options,
+    )
+
+
+def _unsupported_parameter(name: str, diagnostics: str) -> FhirError:
+    """The 400 of an unsupported parameter: always for a criterion, when strict for the others."""
+    return FhirError.of(
+        400, "not-supported", f"Unsupported search parameter {name}: {diagnostics}", expression=(name,)
     )
 
 
@@ -121,6 +129,8 @@ def _handler(name: str) -> _Handler:
     control = _CONTROLS.get(name)
     if control is not None:
         return control
+    if name.split(":")[0] in UNSUPPORTED_CRITERIA:
+        return _unsupported_criterion
     if name.split(":")[0] in UNSUPPORTED_RESULT:
         return _unsupported
     if name.startswith(("_include", "_revinclude")):
@@ -182,6 +192,10 @@ def _unsupported(_parser: ClauseParser, _found: _Found, name: str, _raw: str) ->
     raise Unsupported(f"{name} is not supported")
 
 
+def _unsupported_criterion(_parser: ClauseParser, _found: _Found, name: str, _raw: str) -> bool:
+    raise _unsupported_parameter(name, f"{name} is not supported")
+
+
 def _include(parser: ClauseParser, found: _Found, name: str, raw: str) -> bool:
     searched = (found.resource_type,) if found.resource_type else found.types
     found.includes.append(parser.include(searched, name, raw))
@@ -190,7 +204,7 @@ def _include(parser: ClauseParser, found: _Found, name: str, raw: str) -> bool:
 
 def _has(parser: ClauseParser, found: _Found, name: str, raw: str) -> bool:
     if raw and found.resource_type is None:
-        raise Unsupported("_has needs a resource type")
+        raise _unsupported_parameter(name, "_has needs a resource type")
     return _criterion(parser, found, name, raw)
 
 

@@ -73,7 +73,8 @@ class SearchRequest:
     includes: tuple[Include, ...] = ()
     sort: tuple[SortKey, ...] = ()
     count: int = DEFAULT_COUNT
-    total: str = "accurate"
+    total: str | None = None
+    """`_total` as asked (none, estimate, accurate), None when not asked."""
     summary: str | None = None
     elements: tuple[str, ...] = ()
     cursor: str | None = None

@@ -10,9 +10,11 @@ Production settings in the URI (`w`, `journal`, `readPreference`...) are the ope
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.monitoring import CommandListener
 
 SERVER_SELECTION_TIMEOUT_MS = 3_000
 CONNECT_TIMEOUT_MS = 3_000
@@ -20,9 +22,13 @@ SOCKET_TIMEOUT_MS = 20_000
 MAX_IDLE_TIME_MS = 60_000
 
 
-def open_client(uri: str) -> AsyncMongoClient[dict[str, Any]]:
+def open_client(
+    uri: str, *, event_listeners: Sequence[CommandListener] = ()
+) -> AsyncMongoClient[dict[str, Any]]:
+    """`event_listeners`: command monitors (the query-budget test and the benchmark count commands)."""
     return AsyncMongoClient(
         uri,
+        event_listeners=list(event_listeners),
         tz_aware=True,
         serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
         connectTimeoutMS=CONNECT_TIMEOUT_MS,

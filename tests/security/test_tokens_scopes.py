@@ -380,3 +380,25 @@ def test_unsupported_modifier_is_400_whatever_the_handling(live: LiveServer, pre
         assert response.json()["resourceType"] == "OperationOutcome"
     # control: a supported modifier is served
     assert live.http.get("/fhir/Patient?family:exact=Martin", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("prefer", [None, "handling=lenient", "handling=strict"])
+def test_unsupported_criteria_are_400_whatever_the_handling(live: LiveServer, prefer: str | None) -> None:
+    """An unsupported parameter that narrows a search (`_filter`, `_text`, `_content`, `_list`,
+    `_query`, `_has` without a type) is refused: ignored, it would answer a wider search."""
+    headers = _doctor(live, "user/*.cruds") | ({"Prefer": prefer} if prefer else {})
+    for query in (
+        "Patient?_filter=family eq Martin",
+        "DocumentReference?_text=cardiologie",
+        "DocumentReference?_content=cardiologie",
+        "Patient?_list=List/1",
+        "Patient?_query=current",
+        "?_type=Patient&_has:DocumentReference:subject:status=current",
+    ):
+        response = live.http.get(f"/fhir/{query}", headers=headers)
+        assert response.status_code == 400, (query, response.text)
+        assert response.json()["issue"][0]["code"] == "not-supported"
+    # control: an unsupported result control is only a warning when lenient
+    assert live.http.get("/fhir/Patient?_score=true", headers=headers).status_code == (
+        400 if prefer == "handling=strict" else 200
+    )

@@ -88,7 +88,9 @@ def test_bundle_entries_cannot_start_exports(method: str, path: str) -> None:
     assert refusal is not None and refusal.status == 400
 
 
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_an_entry_with_an_empty_url_names_nothing_not_even_a_nested_bundle(method: str) -> None:
-    refusal = resolve(method, "", entry=True).refusal
-    assert refusal is not None and refusal.status == 404
+def test_an_entry_with_an_empty_url_is_what_the_plain_request_is_never_a_nested_bundle() -> None:
+    """`GET [base]?_type=...` is a system search as an entry too; `POST [base]` (a Bundle) is refused."""
+    assert resolve("GET", "", entry=True) == resolve("GET", "")
+    assert resolve("GET", "", entry=True).interaction is Interaction.SEARCH_SYSTEM
+    refusal = resolve("POST", "", entry=True).refusal
+    assert refusal is not None and refusal.status == 400

@@ -30,11 +30,11 @@ from pymongo.errors import PyMongoError
 from fhir_server.auth.principal import Principal
 from fhir_server.consent.model import Decision
 from fhir_server.fhir.interaction import Interaction
+from fhir_server.interactions import views
 from fhir_server.interactions.context import InteractionContext, RequestMeta
 from fhir_server.interactions.export.request import GROUP, SYSTEM_LEVEL, parse_filter
 from fhir_server.interactions.pipeline import record_audit
-from fhir_server.interactions.resolver import GuardedResolver
-from fhir_server.search.compile import compile_filter
+from fhir_server.interactions.resolver import compile_criteria
 from fhir_server.storage import documents as doc
 from fhir_server.storage.exports import ExportJob, FileWriter, JobStatus, OutputFile
 from fhir_server.storage.guard import AccessGuard
@@ -147,7 +147,8 @@ class Runner:
             if self._part is None:
                 number += 1
                 await self._open_part(resource_type, number)
-            await self._write(stored)
+            [shown] = await views.served(ctx, self._services, [stored])
+            await self._write(shown)
             if self._part is not None and self._part.size >= self._worker.part_bytes:
                 await self._close_part()
             guard.decided += 1
@@ -179,11 +180,10 @@ class Runner:
             conditions.append({doc.CHANGE_TIME: {"$gte": job.since}})
         texts = job.type_filters.get(resource_type, ())
         if texts:
-            resolver = GuardedResolver(ctx, self._services)
             alternatives = []
             for text in texts:
                 request = parse_filter(self._services, ctx, resource_type, text)
-                alternatives.append(await compile_filter(request, resolve=resolver))
+                alternatives.append(await compile_criteria(ctx, self._services, request))
             conditions.append(alternatives[0] if len(alternatives) == 1 else {"$or": alternatives})
         if not conditions:
             return {}

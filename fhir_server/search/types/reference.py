@@ -123,4 +123,6 @@ def to_mongo(field: str, values: Sequence[ReferenceValue], context: QueryContext
     for value in values:
         if value.any_type_id is not None:
             conditions.append({field: {"$regex": rf"^[A-Z][A-Za-z]+/{re.escape(value.any_type_id)}$"}})
+    if not conditions:
+        return {field: {"$in": []}}  # every value named what the caller may not see (interactions/views.py)
     return conditions[0] if len(conditions) == 1 else {"$or": conditions}

@@ -489,6 +489,29 @@ def test_refused_before_authentication_has_no_purpose_of_event() -> None:
     assert "meta" not in event
 
 
+@pytest.mark.parametrize("scope", ["patient/*.rs", "user/*.rs"])
+def test_a_patient_users_refused_read_never_names_the_owner_in_her_own_event(scope: str) -> None:
+    """docs/audit.md: her own trail is the same whether the target exists or not, whatever her scopes."""
+    principal = Principal(
+        subject="pat-sub", client_id="portal", scopes=parse_scopes(scope), fhir_user="Patient/p1"
+    )
+    events = build_audit_events(
+        facts(
+            Interaction.READ,
+            principal=principal,
+            status=404,
+            resource_type="DocumentReference",
+            resource_id="d9",
+            refused_patient_ids=("p2",),
+        )
+    )
+    own = [event for event in events if user_agent(event)["who"].get("reference") == "Patient/p1"]
+    assert len(own) == 1 and "Patient/p2" not in str(own[0])
+    [other] = [event for event in events if event is not own[0]]
+    assert entities_with_role(other, "1")[0]["what"]["reference"] == "Patient/p2"
+    assert "reference" not in user_agent(other)["who"]
+
+
 # -- operations, bundles, MHD ------------------------------------------------------------------------
 
 

@@ -41,15 +41,31 @@ def events(principal: Principal, **values: Any) -> list[dict[str, Any]]:
     return build_audit_events(facts)
 
 
-def view(found: list[dict[str, Any]], *, readable: set[str], hidden: set[str]) -> list[dict[str, Any]]:
+def view(
+    found: list[dict[str, Any]],
+    *,
+    readable: set[str],
+    hidden: set[str],
+    foreign: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
     async def can_read(resource_type: str, ids: Sequence[str]) -> set[str]:
         return {item for item in ids if f"{resource_type}/{item}" in readable}
 
     async def invisible() -> set[str]:
         return hidden
 
+    async def names_another(text: str) -> bool:
+        return text in foreign
+
     built = asyncio.run(
-        patient_view(found, "a", types=("DocumentReference", "Patient"), readable=can_read, hidden=invisible)
+        patient_view(
+            found,
+            "a",
+            types=("DocumentReference", "Patient"),
+            readable=can_read,
+            hidden=invisible,
+            foreign=names_another,
+        )
     )
     return [built.show(event) for event in found]
 
@@ -70,6 +86,20 @@ def test_a_query_naming_an_invisible_document_is_left_out() -> None:
     [shown] = view([event], readable={"Patient/a"}, hidden={"inv"})
     assert not [entity for entity in shown["entity"] if "query" in entity]
     assert base64.b64encode(raw).decode() in str(event)
+
+
+def test_a_query_naming_another_patient_is_left_out_of_her_copy() -> None:
+    """A professional's search by two INS returned her and another patient: her copy of the event
+    never carries the other patient's identifier."""
+    raw = (
+        b"GET /fhir/Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|b-ins,urn:oid:1.2.250.1.213.1.4.10|a-ins"
+    )
+    [event] = events(DOCTOR, interaction=Interaction.SEARCH_TYPE, patient_ids=("a",), raw_query=raw)
+    [shown] = view([event], readable={"Patient/a"}, hidden=set(), foreign=frozenset({raw.decode()}))
+    assert not [entity for entity in shown["entity"] if "query" in entity]
+    assert REDACTED_CODING in shown["meta"]["security"]
+    [kept] = view([event], readable={"Patient/a"}, hidden=set())
+    assert kept == event, "a query naming only her is served whole"
 
 
 def test_an_event_naming_only_what_she_may_read_is_served_whole() -> None:

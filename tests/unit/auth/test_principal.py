@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fhir_server.auth.principal import Coding, Principal
+from fhir_server.auth.scopes import permitted_scopes
+from fhir_server.fhir.interaction import Interaction
 
 MEDECIN = "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"
 
@@ -63,3 +65,39 @@ def test_system_client_is_system() -> None:
     principal = Principal.from_claims({"sub": "platform", "client_id": "platform", "scope": "system/*.rs"})
     assert principal.is_system
     assert principal.purpose_of_use == ()
+
+
+def test_a_launch_without_fhiruser_is_not_the_patient() -> None:
+    """Fail closed: the patient is the user whose fhirUser is Patient/<patient claim>, nothing less."""
+    principal = Principal.from_claims(
+        {
+            "sub": "d",
+            "client_id": "ehr",
+            "scope": "patient/*.cruds",
+            "patient": "abc",
+            "extensions": {"ihe_iua": {"subject_role": [{"system": MEDECIN, "code": "10"}]}},
+        }
+    )
+    assert not principal.is_patient
+    assert not principal.is_system
+
+
+def test_a_user_holding_system_scopes_is_not_a_system_client() -> None:
+    """SMART Backend Services: system/ scopes are for a client without a user; a user gets nothing."""
+    users = (
+        {"fhirUser": "Practitioner/1"},
+        {"patient": "abc"},
+        {"extensions": {"ihe_iua": {"national_provider_identifier": "810002345678"}}},
+        {"extensions": {"ihe_iua": {"subject_role": [{"system": MEDECIN, "code": "10"}]}}},
+        {"extensions": {"ihe_iua": {"subject_name": "Dr Durand"}}},
+    )
+    for user in users:
+        principal = Principal.from_claims({"sub": "u", "client_id": "ehr", "scope": "system/*.cruds", **user})
+        assert not principal.is_system, user
+        assert not permitted_scopes(
+            principal.scopes,
+            Interaction.READ,
+            "AuditEvent",
+            patient=principal.patient,
+            system=principal.is_system,
+        ), user

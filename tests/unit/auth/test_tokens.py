@@ -114,3 +114,84 @@ def test_missing_or_non_bearer_authorization_is_401(header: str | None) -> None:
     with pytest.raises(FhirError) as raised:
         bearer_token(header)
     assert raised.value.status == 401
+
+
+# -- the verification cache -------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every signature verification PyJWT performs (the cost the cache saves)."""
+    calls: list[str] = []
+    real = jwt.decode
+
+    def counted(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counted)
+    return calls
+
+
+def test_a_verified_token_is_remembered_until_its_exp_and_no_longer(
+    tmp_path: Path, decodes: list[str]
+) -> None:
+    clock = _Clock()
+    verifier = TokenVerifier(development_jwks(tmp_path), audience=AUDIENCE, clock=clock)
+    token = mint_token(tmp_path, audience=AUDIENCE, subject="dr", scopes=["user/*.rs"], lifetime_seconds=120)
+    first = verifier.verify(token)
+    assert verifier.verify(token) == first
+    assert len(decodes) == 1
+    clock.now = first["exp"] - 0.001
+    verifier.verify(token)
+    assert len(decodes) == 1
+    clock.now = first["exp"]
+    verifier.verify(token)
+    assert len(decodes) == 2, "at exp the entry is gone: the token is verified in full again"
+
+
+def test_claims_changed_by_a_caller_do_not_change_the_remembered_ones(tmp_path: Path) -> None:
+    verifier = TokenVerifier(development_jwks(tmp_path), audience=AUDIENCE)
+    token = mint_token(tmp_path, audience=AUDIENCE, subject="dr", scopes=["user/*.rs"])
+    verifier.verify(token)["sub"] = "someone else"
+    assert verifier.verify(token)["sub"] == "dr"
+
+
+def test_a_new_key_set_forgets_every_verified_token(tmp_path: Path) -> None:
+    verifier = TokenVerifier(development_jwks(tmp_path), audience=AUDIENCE)
+    token = mint_token(tmp_path, audience=AUDIENCE, subject="dr", scopes=["user/*.rs"])
+    verifier.verify(token)
+    verifier.use_keys(development_jwks(tmp_path / "rotated"))
+    _expect_401(verifier, token, "signature")
+
+
+def test_the_cache_is_bounded_least_recently_used_first(tmp_path: Path, decodes: list[str]) -> None:
+    verifier = TokenVerifier(development_jwks(tmp_path), audience=AUDIENCE, cache_size=2)
+    tokens = [
+        mint_token(tmp_path, audience=AUDIENCE, subject=f"u{index}", scopes=["user/*.rs"])
+        for index in range(3)
+    ]
+    for token in tokens:
+        verifier.verify(token)
+    verifier.verify(tokens[2])
+    verifier.verify(tokens[1])
+    assert len(decodes) == 3
+    verifier.verify(tokens[0])
+    assert decodes[-1] == tokens[0], "the oldest entry was evicted"
+
+
+def test_a_refused_token_is_not_remembered(
+    tmp_path: Path, verifier: TokenVerifier, decodes: list[str]
+) -> None:
+    token = mint_token(tmp_path, audience="http://elsewhere/fhir", subject="dr", scopes=["user/*.rs"])
+    for _ in range(2):
+        _expect_401(verifier, token, "not addressed to this server")
+    assert len(decodes) == 2

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from consent_builders import BTG, consent, document, patient_user, permit, professional, request, stored
+from consent_builders import BTG, consent, deny, document, patient_user, permit, professional, request, stored
 from consent_builders import system_client as system
 from mongo_matcher import matches
 
 from fhir_server.auth.principal import Principal
-from fhir_server.consent import ConsentGuard, ConsentPolicy, Decision, decide
+from fhir_server.consent import ConsentGuard, ConsentPolicy, Decision, decide, needs_consents
 from fhir_server.consent.writers import identity_change
 from fhir_server.fhir.interaction import Interaction
 
@@ -153,6 +153,44 @@ def test_fixed_writers_and_readers(
     query = guard.query_filter(resource["resourceType"])
     found = query is not None and matches(document(resource), query)
     assert found == expected.permit, f"the filter disagrees with decide(): {query}"
+
+
+@pytest.mark.parametrize("policy", POLICIES.values(), ids=POLICIES.keys())
+@pytest.mark.parametrize(("principal", "interaction", "resource", "expected"), ROWS.values(), ids=ROWS.keys())
+def test_consents_are_skipped_only_where_no_consent_can_change_the_decision(
+    principal: Principal,
+    interaction: Interaction,
+    resource: dict[str, Any],
+    expected: Decision,
+    policy: ConsentPolicy,
+) -> None:
+    access = request(principal, interaction, resource["resourceType"])
+    if needs_consents(access):
+        return
+    for consents in ([], PERMIT_ALL, [consent("c3", deny())]):
+        assert decide(access, stored(resource), consents, policy=policy) == expected
+
+
+NEEDS: dict[str, tuple[Principal, Interaction, str, bool]] = {
+    "identity manager reads a Patient": (system(), Interaction.READ, "Patient", False),
+    "identity manager searches Patients": (system(), Interaction.SEARCH_TYPE, "Patient", False),
+    "professional reads a Patient": (DOCTOR, Interaction.READ, "Patient", True),
+    "professional reads a document": (DOCTOR, Interaction.READ, "DocumentReference", True),
+    "professional reads the trail": (DOCTOR, Interaction.SEARCH_TYPE, "AuditEvent", False),
+    "platform reads a document": (system(), Interaction.READ, "DocumentReference", True),
+    "platform reads a consent": (system(), Interaction.READ, "Consent", True),
+    "patient reads her document": (patient_user(), Interaction.READ, "DocumentReference", False),
+    "transaction": (DOCTOR, Interaction.TRANSACTION, "DocumentReference", False),
+}
+
+
+@pytest.mark.parametrize(
+    ("principal", "interaction", "resource_type", "expected"), NEEDS.values(), ids=NEEDS.keys()
+)
+def test_which_requests_load_consents(
+    principal: Principal, interaction: Interaction, resource_type: str, expected: bool
+) -> None:
+    assert needs_consents(request(principal, interaction, resource_type)) is expected
 
 
 def _with(identifiers: list[dict[str, Any]], **demographics: Any) -> dict[str, Any]:

@@ -145,6 +145,25 @@ def test_unknown_parameters_are_ignored_with_a_warning_when_lenient(query: str) 
     assert request.applied == ()
 
 
+@pytest.mark.parametrize(
+    ("resource_type", "query"),
+    [
+        ("Patient", "_filter=family eq x"),
+        ("DocumentReference", "_text=cardio"),
+        ("DocumentReference", "_content=cardio"),
+        ("Patient", "_list=List/1"),
+        ("Patient", "_query=current"),
+        (None, "_has:DocumentReference:subject:status=current"),
+    ],
+)
+def test_unsupported_criteria_are_400_even_when_lenient(resource_type: str | None, query: str) -> None:
+    """Ignored, a criterion would widen the result: it is refused whatever the handling."""
+    with pytest.raises(FhirError) as raised:
+        _parse(resource_type, query)
+    assert raised.value.status == 400 and raised.value.issues[0].code == "not-supported"
+    assert raised.value.issues[0].expression == (query.split("=")[0],)
+
+
 @pytest.mark.parametrize("query", ["unknown=1", "given:below=x", "_sort=nothing"])
 def test_unknown_parameters_are_400_when_strict(query: str) -> None:
     with pytest.raises(FhirError) as raised:
@@ -201,7 +220,7 @@ def test_count_is_clamped_to_the_maximum(value: str, count: int) -> None:
 
 def test_defaults() -> None:
     request = _parse("Patient", "")
-    assert (request.count, request.total, request.summary, request.cursor) == (20, "accurate", None, None)
+    assert (request.count, request.total, request.summary, request.cursor) == (20, None, None, None)
 
 
 def test_empty_values_are_ignored() -> None:
