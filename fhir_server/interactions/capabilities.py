@@ -7,7 +7,7 @@ exercises each one, conformance_tests/test_capability.py):
   create, update, patch, delete and the conditional ones for CLIENT_WRITABLE_TYPES; search and
   history for all but REACHED_THROUGH_DOCUMENTS (Binary is reached through its DocumentReference).
 - search parameters: the registry (`capability/search-parameters.json`); `searchInclude` and
-  `searchRevInclude`: the reference parameters the include code follows (interactions/search.py).
+  `searchRevInclude`: the reference parameters the include code follows (interactions/includes.py).
 - operations: the API routes whose last path segment is `$name`, passed in by the API layer, named
   by OPERATIONS (a route without an entry there is an error, not a silent omission).
 - `capability/CapabilityStatement.json`: the prose only (publisher, descriptions, per-type notes).
@@ -28,8 +28,8 @@ from fhir_server.fhir.instants import instant
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import CLIENT_WRITABLE_TYPES, PATIENT, SUPPORTED_TYPES
 from fhir_server.interactions.context import InteractionContext
+from fhir_server.interactions.includes import SEARCHABLE_TYPES, includes_for, revincludes_for
 from fhir_server.interactions.response import FhirResponse
-from fhir_server.interactions.search import SEARCHABLE_TYPES, includes_for, revincludes_for
 from fhir_server.interactions.services import Services
 from fhir_server.paths import CAPABILITY_DIR
 from fhir_server.search.registry import ANY_TYPE, SearchRegistry

@@ -13,15 +13,16 @@ https://hl7.org/fhir/R4/http.html
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from fhir_server.fhir.errors import FhirError, bad_request, method_not_allowed
 from fhir_server.fhir.interaction import Interaction
 from fhir_server.fhir.resources import BINARY, PATIENT, SUPPORTED_TYPES
 from fhir_server.interactions import binary, capabilities, export, history, operations, read, search, write
+from fhir_server.interactions.body import JSON_MEDIA, Body, BytesBody, json_body
 from fhir_server.interactions.context import AuditTrail, InteractionContext, RequestMeta
 from fhir_server.interactions.pipeline import Handler
 from fhir_server.interactions.response import FhirResponse
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 TYPE = "{type}"
 ID = "{id}"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-JSON_MEDIA = ("application/fhir+json", "application/json", "application/json-patch+json")
 ALIASES = {"HEAD": "GET"}
 """HEAD is answered as GET (the HTTP layer drops the body)."""
 UNROUTED = {
@@ -44,39 +44,6 @@ UNROUTED = {
     "DELETE": Interaction.DELETE,
 }
 """The restful-interaction an unknown path is audited as: what its method would have done."""
-
-
-class Body(Protocol):
-    """A request body, read once: all of it, as a stream, or as form fields."""
-
-    @property
-    def media_type(self) -> str:
-        """The Content-Type without parameters, lower-cased ("" when none was sent)."""
-        ...
-
-    async def read(self) -> bytes: ...
-
-    def stream(self) -> AsyncIterator[bytes]: ...
-
-    async def form(self) -> list[tuple[str, str]]: ...
-
-
-@dataclass(frozen=True)
-class BytesBody:
-    """A body already in memory: a Bundle entry's resource, or its JSON Patch."""
-
-    content: bytes = b""
-    media_type: str = ""
-
-    async def read(self) -> bytes:
-        return self.content
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        if self.content:
-            yield self.content
-
-    async def form(self) -> list[tuple[str, str]]:
-        return []
 
 
 @dataclass(frozen=True)
@@ -130,14 +97,6 @@ class Resolved:
 # -- handlers -------------------------------------------------------------------------------------
 
 
-async def _json(body: Body) -> bytes:
-    """The body, after checking it is declared as JSON (415 otherwise)."""
-    if body.media_type and body.media_type not in JSON_MEDIA:
-        message = f"Content-Type {body.media_type} is not supported: send application/fhir+json"
-        raise FhirError.of(415, "not-supported", message)
-    return await body.read()
-
-
 async def _capabilities(call: Call) -> FhirResponse:
     """The CapabilityStatement, whose operations are read from this table's own routes."""
     paths = ["/" + "/".join(route.shape) for route in ROUTES]
@@ -148,7 +107,7 @@ async def _bundle(call: Call) -> FhirResponse:
     # The entries of a Bundle resolve through this very table: transaction imports this module.
     from fhir_server.interactions import transaction
 
-    return await transaction.process(call.ctx, call.services, body=await _json(call.body))
+    return await transaction.process(call.ctx, call.services, body=await json_body(call.body))
 
 
 async def _search_system(call: Call) -> FhirResponse:
@@ -167,7 +126,7 @@ def _worker(call: Call) -> export.ExportWorker:
 
 def _kick_off(level: str) -> RouteHandler:
     async def handler(call: Call) -> FhirResponse:
-        body = await _json(call.body) if call.ctx.request.method == "POST" else b""
+        body = await json_body(call.body) if call.ctx.request.method == "POST" else b""
         return await export.kick_off(
             call.ctx,
             call.services,
@@ -212,7 +171,7 @@ async def _history(call: Call) -> FhirResponse:
 
 
 async def _validate(call: Call) -> FhirResponse:
-    return await operations.validate(call.ctx, call.services, body=await _json(call.body))
+    return await operations.validate(call.ctx, call.services, body=await json_body(call.body))
 
 
 async def _search_type(call: Call) -> FhirResponse:
@@ -224,11 +183,11 @@ async def _create(call: Call) -> FhirResponse:
     if call.ctx.resource_type == BINARY and media and media not in JSON_MEDIA:
         # `POST [base]/Binary` with the document itself as the body (R4 binary.html), streamed.
         return await binary.create_raw(call.ctx, call.services, content_type=media, chunks=call.body.stream())
-    return await write.create(call.ctx, call.services, body=await _json(call.body))
+    return await write.create(call.ctx, call.services, body=await json_body(call.body))
 
 
 async def _update(call: Call) -> FhirResponse:
-    return await write.update(call.ctx, call.services, body=await _json(call.body))
+    return await write.update(call.ctx, call.services, body=await json_body(call.body))
 
 
 async def _patch(call: Call) -> FhirResponse:

@@ -281,6 +281,17 @@ async def _transaction(
 
     await services.repository.in_transaction(work)
     ctx.audit.recorded = True
+    await _results(services, entries, writes)
+    return FhirResponse(
+        200,
+        make_bundle(
+            "transaction-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries]
+        ),
+    )
+
+
+async def _results(services: Services, entries: list[Entry], writes: list[Entry]) -> None:
+    """Each entry's response once committed: writes as served to their caller, then the reads."""
     for entry in writes:
         if entry.result is not None and entry.stored is not None:
             entry.result = await serve_write(entry.ctx, services, entry.stored, entry.result.status)
@@ -292,12 +303,6 @@ async def _transaction(
     async for entry in _paced(entries):
         if not entry.is_write:
             entry.result = await serve(services, entry.ctx, _entry_handler(entry))
-    return FhirResponse(
-        200,
-        make_bundle(
-            "transaction-response", now=ctx.now, entries=[_response_entry(entry) for entry in entries]
-        ),
-    )
 
 
 async def _check_documents(

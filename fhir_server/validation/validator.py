@@ -145,6 +145,12 @@ def _search_or_operation(url: object) -> bool:
 
 def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int]) -> list[Issue]:
     path = f"Bundle.entry[{index}]"
+    return [*_envelope_issues(entry, index, full_urls), *_entry_resource_issues(entry, path)]
+
+
+def _envelope_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int]) -> list[Issue]:
+    """The entry's own invariants: a unique fullUrl, no search or response, a request."""
+    path = f"Bundle.entry[{index}]"
     issues: list[Issue] = []
     full_url = entry.get("fullUrl")
     if isinstance(full_url, str):
@@ -171,9 +177,7 @@ def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int
                 (f"{path}.response",),
             )
         )
-    request = entry.get("request")
-    method = request.get("method") if isinstance(request, dict) else None
-    if request is None:
+    if entry.get("request") is None:
         issues.append(
             Issue(
                 "error",
@@ -182,6 +186,14 @@ def _entry_issues(entry: Mapping[str, Any], index: int, full_urls: dict[str, int
                 (f"{path}.request",),
             )
         )
+    return issues
+
+
+def _entry_resource_issues(entry: Mapping[str, Any], path: str) -> list[Issue]:
+    """The entry's resource: present when the request writes, of a type and URL that agree, valid."""
+    issues: list[Issue] = []
+    request = entry.get("request")
+    method = request.get("method") if isinstance(request, dict) else None
     url = request.get("url") if isinstance(request, dict) else None
     writes = method in _METHODS_WITH_RESOURCE and not _search_or_operation(url)
     resource = entry.get("resource")

@@ -10,7 +10,7 @@ import pytest
 from fhir_server.fhir.resources import BINARY, CLIENT_WRITABLE_TYPES, SUPPORTED_TYPES
 from fhir_server.interactions import dispatch
 from fhir_server.interactions.capabilities import build_capability_statement, operations_by_type
-from fhir_server.interactions.search import SEARCHABLE_TYPES, reachable_types
+from fhir_server.interactions.includes import SEARCHABLE_TYPES, reachable_types
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.settings import Settings
 
