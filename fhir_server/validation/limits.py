@@ -11,7 +11,10 @@ kept out of the resource document (storage/binaries.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from fhir_server.fhir.errors import FhirError, Issue, bad_request
 
@@ -22,6 +25,9 @@ MAX_NODES = 250_000
 MAX_STRING_CHARACTERS = 1024 * 1024
 """FHIR: a string SHALL NOT exceed 1 MiB."""
 BASE64_ELEMENTS = frozenset({"data"})
+MAX_STORED_BYTES = 15 * 1024 * 1024
+"""A resource is stored as one MongoDB document (16 MB, with the server's fields and index values);
+only a Binary's content is kept apart (storage/binaries.py)."""
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 """FHIR strings match `[ \\r\\n\\t\\S]+`: every other control character is forbidden."""
 
@@ -56,6 +62,20 @@ def check_bounds(resource: Any) -> None:
                     _check_string(item, f"{path}[{position}]", key=False)
                 else:
                     stack.append((item, depth + 1, f"{path}[{position}]"))
+
+
+def check_storable(resource: Mapping[str, Any]) -> None:
+    """413 when the resource cannot be stored as one database document (a Binary is exempt)."""
+    if resource.get("resourceType") == "Binary":
+        return
+    size = len(orjson.dumps(resource))
+    if size > MAX_STORED_BYTES:
+        raise FhirError.of(
+            413,
+            "too-costly",
+            f"The resource is {size} bytes: over {MAX_STORED_BYTES} it cannot be stored; "
+            "put large content in a Binary",
+        )
 
 
 def _check_string(text: str, path: str, *, key: bool) -> None:

@@ -17,7 +17,7 @@ import orjson
 
 from fhir_server.fhir.errors import Issue, bad_request, unprocessable
 from fhir_server.fhir.resources import SUPPORTED_TYPES
-from fhir_server.validation.limits import check_bounds
+from fhir_server.validation.limits import check_bounds, check_storable
 from fhir_server.validation.profiles import server_profiles
 from fhir_server.validation.structure import covered, model_spec, resource_model, structure_issues
 
@@ -79,6 +79,7 @@ def validate_or_raise(resource: Mapping[str, Any], *, expected_type: str | None 
     issues = validate_resource(resource, expected_type=expected_type)
     if has_errors(issues):
         raise unprocessable(issues)
+    check_storable(resource)
     return dict(resource)
 
 

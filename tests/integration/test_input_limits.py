@@ -12,7 +12,7 @@ import orjson
 
 from fhir_server.api.limits import MAX_REQUEST_ID_CHARACTERS
 from fhir_server.validation.limits import MAX_DEPTH, MAX_STRING_CHARACTERS
-from tests.integration.conftest import Server, patient_resource, unique
+from tests.integration.conftest import Server, document_resource, patient_resource, unique
 
 
 def _nested_extension(levels: int) -> dict[str, Any]:
@@ -110,3 +110,13 @@ async def test_reasonable_request_id_is_kept(server: Server) -> None:
         "/fhir/Patient?_count=1", headers=server.as_system(**{"X-Request-Id": request_id})
     )
     assert response.headers["x-request-id"] == request_id
+
+
+async def test_a_document_too_big_for_one_database_document_is_413(server: Server) -> None:
+    """Inline attachment data of 20 MB would exceed MongoDB's 16 MB document: 413, nothing written."""
+    patient = await server.http.post("/fhir/Patient", json=patient_resource(), headers=server.as_system())
+    document = document_resource(patient.json()["id"])
+    document["content"] = [{"attachment": {"contentType": "text/plain", "data": "QUFB" * (5 * 1024 * 1024)}}]
+    response = await server.http.post("/fhir/DocumentReference", json=document, headers=server.as_system())
+    assert response.status_code == 413, response.text[:300]
+    assert "cannot be stored" in response.json()["issue"][0]["diagnostics"]
