@@ -72,7 +72,7 @@ def local_server(
             )
             try:
                 origin = f"http://127.0.0.1:{port}"
-                _wait_healthy(origin, process, log, startup_timeout)
+                wait_healthy(origin, process, log, startup_timeout)
                 yield LocalServer(f"{origin}/fhir", data_dir, log)
             finally:
                 process.terminate()
@@ -83,7 +83,7 @@ def local_server(
                     process.wait()
 
 
-def _wait_healthy(origin: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_healthy(origin: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -10,10 +10,8 @@ See docs/security.md for the threat model these tests prove.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +22,8 @@ import httpx
 import pytest
 
 from fhir_server.auth.devkeys import mint_token
+from fhir_server.demo.server import wait_healthy
+from fhir_server.storage.embedded import free_port
 
 FHIR_JSON = "application/fhir+json"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -114,30 +114,10 @@ class LiveServer:
         return self.headers(token)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_healthy(origin: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited early:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
-            if httpx.get(f"{origin}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server did not become healthy:\n{log.read_text(errors='replace')[-4000:]}")
-
-
 @pytest.fixture(scope="session")
 def live(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("security")
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in SERVER_VARIABLES}
     env.update(
         {
@@ -157,7 +137,7 @@ def live(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         )
         origin = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(origin, process, log, timeout=120)
+            wait_healthy(origin, process, log, 120)
             with httpx.Client(base_url=origin, timeout=30) as http:
                 yield LiveServer(f"{origin}/fhir", data_dir, http)
         finally:
