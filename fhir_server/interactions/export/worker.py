@@ -22,6 +22,7 @@ from fhir_server.interactions.export.runner import Runner
 from fhir_server.interactions.services import Services
 from fhir_server.storage.exports import ExportJob, JobStatus, LeaseLost
 
+STOP_SECONDS = 5.0
 log = logging.getLogger("fhir_server.export")
 
 
@@ -61,7 +62,15 @@ class ExportWorker:
         tasks = [task for task in [self._loop_task, *self._running.values()] if task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a task stuck in a database call that ignores its cancellation must not hold the
+            # server's (or a test's) shutdown; its lease lapses on its own.
+            done, pending = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a failure was already recorded by the job
+            for task in pending:
+                log.warning("export worker: %s did not stop within %.0f s", task.get_name(), STOP_SECONDS)
         for job_id in list(self._running):
             try:
                 await self.store.release(job_id, self.owner)
