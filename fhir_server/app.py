@@ -104,7 +104,7 @@ def create_app(
             yield
         finally:
             app.state.database_monitor = None
-            await monitor.stop()
+            await _bounded(monitor.stop(), "stopping the database monitor")
             worker = getattr(app.state, "export_worker", None)
             if worker is not None:
                 await _bounded(worker.stop(), "stopping the export worker")
